@@ -1,0 +1,39 @@
+"""mscopy-AE: histology-specific autoencoder encodings of H&E patches.
+
+Modules (each one idea):
+    slides      open whole-slide images (OpenSlide), levels, mpp, thumbnails, region reads
+    tissue      tissue masks on thumbnails
+    annotations CAMELYON16 / ASAP XML tumour polygons
+    patches     grid patch extraction to PNG + manifest.csv (the ``extract`` command)
+    model       the residual autoencoder and its config
+    checkpoint  safe, atomic checkpoints (weights + config + metadata)
+    data        PyTorch datasets over extracted patches, splits, augmentations
+    train       the trainer (the ``train`` command), single GPU / CPU / torchrun DDP
+    viz         encoding views, figure grids, the ipywidgets explorer (the ``figures`` command)
+    loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
+    device      one helper that picks cuda > mps > cpu
+
+Importing ``aeutils`` does not import torch: the extraction path stays fast to start.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aeutils.errors import AeutilsError
+from aeutils.sample import sample_slide
+
+__version__ = "0.1.0"
+__all__ = ["AeutilsError", "sample_slide", "load_pretrained", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from aeutils.model import Autoencoder
+
+
+def load_pretrained(**kwargs: Any) -> "Autoencoder":
+    """The shipped autoencoder (trained on the bundled sample slide), in eval mode, offline.
+
+    See :func:`aeutils.checkpoint.load_pretrained` for the keyword arguments.
+    """
+    from aeutils.checkpoint import load_pretrained as _load
+
+    return _load(**kwargs)

@@ -1,0 +1,4 @@
+"""``python -m aeutils COMMAND ...``: see :mod:`aeutils.cli`."""
+from aeutils.cli import main
+
+raise SystemExit(main())
