@@ -32,6 +32,11 @@ FORMAT = "mscopy-ae/1"
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "mscopy_ae_cmu1.pt"
 
 
+def pretrained_path() -> Path:
+    """Where the shipped model is: ``$MSCOPY_PRETRAINED`` if set, else the file inside the package."""
+    return Path(os.environ.get("MSCOPY_PRETRAINED", PRETRAINED))
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the rebuilt model (on ``map_location``, eval mode), its config, the
@@ -158,6 +163,7 @@ def load_model(path: str | os.PathLike[str], map_location: str | torch.device = 
 
 def load_pretrained(map_location: str | torch.device = "cpu") -> Autoencoder:
     """The shipped model (trained on the bundled sample slide), eval mode, no download."""
-    if not PRETRAINED.exists():
-        raise CheckpointError(f"{PRETRAINED}: the shipped pretrained model is missing from this install")
-    return load_model(PRETRAINED, map_location)
+    path = pretrained_path()
+    if not path.exists():
+        raise CheckpointError(f"{path}: the shipped pretrained model is missing from this install")
+    return load_model(path, map_location)
