@@ -1,0 +1,83 @@
+"""pyproject.toml is the source of truth for dependencies; environment.yml must mirror it."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+# PyPI name -> conda-forge name, where they differ.
+CONDA_NAMES = {"torch": "pytorch", "openslide-bin": "openslide"}
+# Not on conda-forge under a usable name: installed by the pip section instead.
+PIP_ONLY = {"playwright"}
+REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$")
+
+
+def _split(req: str) -> tuple[str, str]:
+    m = REQ.match(req)
+    assert m, req
+    return m.group(1).lower(), m.group(2).replace(" ", "")
+
+
+def _pyproject() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs += extra
+    return dict(_split(r) for r in reqs)
+
+
+def _environment() -> tuple[dict[str, str], dict[str, str]]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda: dict[str, str] = {}
+    pip: dict[str, str] = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            for item in dep["pip"]:
+                if not item.startswith("-e"):
+                    pip.update([_split(item)])
+        else:
+            conda.update([_split(dep)])
+    return conda, pip
+
+
+def test_environment_mirrors_pyproject() -> None:
+    wanted = _pyproject()
+    conda, pip = _environment()
+    for name, spec in wanted.items():
+        if name in PIP_ONLY:
+            assert pip.get(name) == spec, f"environment.yml pip section: {name}{spec} expected"
+        else:
+            conda_name = CONDA_NAMES.get(name, name)
+            assert conda.get(conda_name) == spec, f"environment.yml: {conda_name}{spec} expected (pyproject {name}{spec})"
+    extra_conda = set(conda) - {CONDA_NAMES.get(n, n) for n in wanted} - {"python", "pip"}
+    extra_pip = set(pip) - set(wanted)
+    assert not extra_conda and not extra_pip, f"environment.yml lists packages pyproject.toml lacks: {extra_conda | extra_pip}"
+
+
+def test_python_floor_agrees() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    conda, _ = _environment()
+    assert conda["python"] == project["requires-python"]
+
+
+def test_constraints_pin_the_local_torch() -> None:
+    pins = dict(_split(line) for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#"))
+    assert pins["torch"] == "==2.14.1" and pins["torchvision"] == "==0.29.1"
+
+
+def test_import_aeutils_does_not_import_torch() -> None:
+    code = "import sys, aeutils, aeutils.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["extract", "--help"], ["train", "--help"], ["figures", "--help"]])
+def test_cli_help(args: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "aeutils", *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "usage" in out.stdout.lower()
