@@ -5,20 +5,24 @@ A checkpoint is a ``torch.save`` of plain data only (dicts, lists, strings, numb
     {"format": "mscopy-ae/1",
      "config": AutoencoderConfig.to_dict(),
      "model": state_dict,
+     "digest": sha256 of the weights (names, dtypes, shapes, bytes),
      "meta": {"epoch", "metrics", "normalisation", "versions", "created", ...},
      "train_state": {optimizer, scaler, scheduler, rng, ...} or absent}
 
-It is written atomically (temp file + rename) and always loaded with ``weights_only=True``, so a
-pickle payload is refused, never executed. The model is rebuilt from the stored config.
+It is written atomically (temp file + rename: a crash leaves the old file) and always loaded with
+``weights_only=True``, so a pickle payload is refused, never executed. The model is rebuilt from
+the stored config; the weights are checked against their digest, so flipped bytes are caught too.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
+import pickle
 import platform
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -30,11 +34,13 @@ from aeutils.model import Autoencoder, AutoencoderConfig
 FORMAT = "mscopy-ae/1"
 #: the shipped model, trained on the bundled sample slide (see aeutils/pretrained/README.md)
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "mscopy_ae_cmu1.pt"
+#: environment variable that overrides :data:`PRETRAINED`
+PRETRAINED_ENV = "MSCOPY_PRETRAINED"
 
 
 def pretrained_path() -> Path:
     """Where the shipped model is: ``$MSCOPY_PRETRAINED`` if set, else the file inside the package."""
-    return Path(os.environ.get("MSCOPY_PRETRAINED", PRETRAINED))
+    return Path(os.environ.get(PRETRAINED_ENV, PRETRAINED))
 
 
 @dataclass
@@ -50,9 +56,18 @@ class Checkpoint:
 
 
 def _versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
     import aeutils
 
-    return {"aeutils": str(aeutils.__version__), "torch": str(torch.__version__), "python": str(platform.python_version())}
+    return {
+        "aeutils": str(aeutils.__version__),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "numpy": str(numpy.__version__),
+        "python": str(platform.python_version()),
+    }
 
 
 def _unwrap(model: torch.nn.Module) -> Autoencoder:
@@ -64,39 +79,89 @@ def _unwrap(model: torch.nn.Module) -> Autoencoder:
     return inner
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 (hex) over the names, dtypes, shapes and bytes of a state dict, in key order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device)
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """``obj`` as data ``torch.load(weights_only=True)`` accepts: numpy scalars become Python
+    numbers, numpy arrays tensors, paths strings; anything else that is not plain data raises
+    ``TypeError`` naming where it is (so a checkpoint that could not be loaded is never written)."""
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple, torch.Size):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if type(obj) is list else tuple(items) if type(obj) is tuple else obj
+    if type(obj) in _PLAIN or isinstance(obj, torch.Tensor):
+        return obj
+    raise TypeError(
+        f"checkpoint {where} is a {type(obj).__module__}.{type(obj).__qualname__}: only plain data "
+        f"(dict, list, tuple, str, int, float, bool, None) and tensors can be saved"
+    )
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: torch.nn.Module,
     *,
     meta: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    epoch: int | None = None,
+    metrics: dict[str, float] | None = None,
 ) -> Path:
     """Write ``model`` (weights + config) with ``meta`` and optional ``train_state`` atomically.
 
-    ``meta`` and ``train_state`` must be plain data and tensors (what ``weights_only`` loads).
-    ``meta`` gets ``normalisation``, ``versions`` and ``created`` added. Returns the path.
+    ``meta`` and ``train_state`` must be plain data and tensors (what ``weights_only`` loads;
+    numpy scalars/arrays and paths are converted, other objects raise ``TypeError``). ``epoch`` and
+    ``metrics`` go into ``meta["epoch"]`` / ``meta["metrics"]``; ``meta`` also gets
+    ``normalisation`` (the model's mean/std), ``versions`` (aeutils, torch, torchvision, numpy,
+    python) and ``created`` (UTC ISO time) unless it has them. Returns the path.
+    An exception while writing leaves an existing file at ``path`` untouched.
     """
     ae = _unwrap(model)
     full_meta = dict(meta or {})
+    if epoch is not None:
+        full_meta["epoch"] = int(epoch)
+    if metrics is not None:
+        full_meta["metrics"] = dict(metrics)
     full_meta.setdefault("normalisation", {"mean": list(ae.config.mean), "std": list(ae.config.std)})
     full_meta.setdefault("versions", _versions())
     full_meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    state = {k: v.detach().cpu().clone() for k, v in ae.state_dict().items()}
     payload: dict[str, Any] = {
         "format": FORMAT,
         "config": ae.config.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in ae.state_dict().items()},
-        "meta": full_meta,
+        "model": state,
+        "digest": weights_digest(state),
+        "meta": _plain(full_meta, "meta"),
     }
     if train_state:
-        payload["train_state"] = train_state
+        payload["train_state"] = _plain(dict(train_state), "train_state")
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw payload dict, loaded safely; :class:`CheckpointError` if it is missing, truncated,
-    corrupt, unsafe (pickled objects) or not an mscopy-AE checkpoint."""
+    """The raw payload dict, loaded safely; :class:`CheckpointError` naming the file if it is
+    missing, empty, truncated, corrupt, unsafe (pickled objects) or not an mscopy-AE checkpoint."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint file")
@@ -104,37 +169,64 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"{p}: is not a file")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: checkpoint file is empty")
+    if not zipfile.is_zipfile(p):
+        raise CheckpointError(
+            f"{p}: truncated or not a PyTorch checkpoint (no zip archive directory found; "
+            f"{p.stat().st_size} bytes)"
+        )
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types here; the message says which case
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "Weights only load failed" in str(exc) or isinstance(exc, getattr(torch.serialization, "pickle").UnpicklingError) and "GLOBAL" in str(exc):
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower() or "weights_only" in str(exc):
             raise CheckpointError(
-                f"{p}: refused: the file holds pickled Python objects, not just tensors and plain data "
-                f"(it was not unpickled)"
+                f"{p}: refused: the file holds pickled Python objects, not just tensors and plain "
+                f"data (nothing was executed; load only checkpoints written by aeutils)"
             ) from None
-        if zipfile.is_zipfile(p) is False or "zip" in text.lower() or "EOF" in text or "truncated" in text.lower():
-            raise CheckpointError(f"{p}: truncated or corrupt checkpoint ({text[:120]})") from None
-        raise CheckpointError(f"{p}: unreadable checkpoint ({text[:120]})") from None
+        raise CheckpointError(f"{p}: corrupt checkpoint ({_first_line(exc)})") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnicodeDecodeError, ... here
+        raise CheckpointError(f"{p}: corrupt checkpoint ({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload or "model" not in payload:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{p}: not an mscopy-AE checkpoint (format {found!r}, expected {FORMAT!r} with config and weights)")
+        raise CheckpointError(
+            f"{p}: not an mscopy-AE checkpoint (format {found!r}, expected {FORMAT!r} with config and weights)"
+        )
     return payload
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{type(exc).__name__}: {text[:120]}"
+
+
+def _config_diff(a: AutoencoderConfig, b: AutoencoderConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    return ", ".join(f"{k} {da[k]!r} (expected {db[k]!r})" for k in da if da[k] != db[k])
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    *,
+    config: AutoencoderConfig | None = None,
+) -> Checkpoint:
     """Load a checkpoint and rebuild its model from the stored config (eval mode).
 
-    Raises :class:`CheckpointError` for missing, corrupt, truncated, unsafe or wrong-architecture files.
+    ``config``: if given, the checkpoint must be for exactly this architecture (e.g. the loss
+    expects the default one). Raises :class:`CheckpointError` naming the file for missing,
+    corrupt, truncated, unsafe or wrong-architecture files.
     """
     p = Path(path)
     payload = read_checkpoint(p, map_location)
     try:
-        config = AutoencoderConfig.from_dict(dict(payload["config"]))
+        stored = AutoencoderConfig.from_dict(dict(payload["config"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{p}: checkpoint config is not an AutoencoderConfig ({exc})") from None
-    model = Autoencoder(config)
+    if config is not None and stored != config:
+        raise CheckpointError(f"{p}: checkpoint is for another architecture: {_config_diff(stored, config)}")
+    model = Autoencoder(stored)
     state = payload["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{p}: checkpoint weights are not a dict of tensors")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -151,19 +243,31 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(
             f"{p}: weights are for another architecture than its config describes: {'; '.join(parts)}"
         )
+    digest = payload.get("digest")
+    if digest is not None and digest != weights_digest(state):
+        raise CheckpointError(f"{p}: corrupt checkpoint: the weights do not match their stored sha256 digest")
     model.load_state_dict(state)
     model.to(map_location).eval()
-    return Checkpoint(model, config, dict(payload.get("meta", {})), dict(payload.get("train_state", {})), p)
+    return Checkpoint(model, stored, dict(payload.get("meta", {})), dict(payload.get("train_state", {})), p)
 
 
-def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Autoencoder:
-    """Just the model of a checkpoint, in eval mode."""
-    return load_checkpoint(path, map_location).model
+def load_model(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    *,
+    config: AutoencoderConfig | None = None,
+) -> Autoencoder:
+    """Just the model of a checkpoint, in eval mode (``config``: as in :func:`load_checkpoint`)."""
+    return load_checkpoint(path, map_location, config=config).model
 
 
 def load_pretrained(map_location: str | torch.device = "cpu") -> Autoencoder:
-    """The shipped model (trained on the bundled sample slide), eval mode, no download."""
+    """The shipped model (trained on the bundled sample slide), eval mode, no download.
+
+    ``$MSCOPY_PRETRAINED`` points to another checkpoint instead (see :func:`pretrained_path`).
+    """
     path = pretrained_path()
     if not path.exists():
-        raise CheckpointError(f"{path}: the shipped pretrained model is missing from this install")
+        where = f"${PRETRAINED_ENV} points to" if PRETRAINED_ENV in os.environ else "the shipped pretrained model"
+        raise CheckpointError(f"{path}: no such checkpoint file ({where} a missing file)")
     return load_model(path, map_location)
