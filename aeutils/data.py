@@ -1,0 +1,458 @@
+"""Patches as tensors: the held-out split, the sample-slide patches, and a training Dataset.
+
+Images are float tensors of RGB in [0, 1], shape 3xSxS (Nx3xSxS batched), S in level pixels of
+the extraction level. Coordinates (``x``, ``y``) are level-0 pixels of the top-left corner.
+
+Train/validation split (one rule everywhere, so the shipped model never saw its validation tissue):
+
+* several slides: split **by slide**, no slide on both sides. A stable hash of each slide name
+  orders the slides; the first ``ceil(VALIDATION_FRACTION * n_slides)`` are validation.
+* one slide: split by **region**: the bottom ``VALIDATION_FRACTION`` (25 %) of the slide's height
+  is validation. A patch is validation if ``y >= 0.75 * H``, training if
+  ``y + size * downsample <= 0.75 * H``; patches straddling the line are dropped.
+  ``H`` is the slide's level-0 height. ``manifest.csv`` does not store it, so it is taken from
+  ``slide_heights`` if given, else the bundled sample slide's known height, else derived as the
+  largest ``y + size * downsample`` of that slide's rows (never more than the true height, so the
+  cut is at or above the true one and no training patch reaches into the true validation region).
+  ``downsample`` is a ``downsample`` manifest column if present, else 1 at level 0 and
+  ``2**level`` above (the usual pyramid).
+* a plain folder of images: file names ``<slide>_<x>_<y>.<ext>`` (what ``extract`` writes) are
+  split as above; other names by a stable hash of the file name (25 % validation).
+
+A corrupt or unreadable image raises :class:`~aeutils.errors.PatchError` naming its path (the
+policy is *fail*, not skip: a broken extraction should be fixed, not silently trained around).
+Reading is plain file I/O with no locks or retries, so it never hangs; the trainer's DataLoader
+also has a timeout.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import numpy as np
+
+from aeutils.errors import PatchError
+from aeutils.sample import SAMPLE_DIMENSIONS, SAMPLE_NAME, sample_slide
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "VALIDATION_FRACTION",
+    "IMAGE_EXTENSIONS",
+    "PatchRecord",
+    "PatchDataset",
+    "find_patches",
+    "split_records",
+    "region_split",
+    "read_image",
+    "sample_patches",
+    "load_patches",
+    "sample_slide",
+]
+
+#: fraction of a single slide's height (its bottom) held out for validation
+VALIDATION_FRACTION = 0.25
+#: file name endings read as images in a plain folder
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+SPLITS = ("train", "val", "all")
+
+_SAMPLE_STEM = Path(SAMPLE_NAME).stem
+_NAME_RE = re.compile(r"^(?P<slide>.+)_(?P<x>\d+)_(?P<y>\d+)$")
+
+
+@dataclass(frozen=True)
+class PatchRecord:
+    """One patch image on disk and where it came from (``slide``/``x``/``y``/``size``/``level``
+    are ``None``/0 when unknown, e.g. a plain folder of arbitrary images)."""
+
+    path: Path
+    slide: str | None = None
+    x: int | None = None
+    y: int | None = None
+    size: int | None = None
+    level: int = 0
+    downsample: float = 1.0
+    label: str | None = None
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    try:
+        with open(manifest, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise PatchError(f"{manifest}: unreadable manifest ({exc})") from None
+    if rows and "path" not in rows[0]:
+        raise PatchError(f"{manifest}: not a patch manifest (no 'path' column)")
+    return rows
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def find_patches(source: str | os.PathLike[str]) -> list[PatchRecord]:
+    """All patch images under ``source``: an extraction output (``manifest.csv`` with columns
+    path, slide, level, x, y, size, ...; paths relative to it) or a folder of images (flat or one
+    sub-folder per class, searched recursively, sorted). Raises PatchError if there are none."""
+    root = Path(source)
+    if not root.exists():
+        raise PatchError(f"{root}: no such patch folder")
+    if root.is_file() and root.name == "manifest.csv":
+        root = root.parent
+    if not root.is_dir():
+        raise PatchError(f"{root}: expected a folder of patches (or an extraction output with manifest.csv)")
+    manifest = root / "manifest.csv"
+    records: list[PatchRecord] = []
+    if manifest.is_file():
+        for row in _read_manifest_rows(manifest):
+            level = _int_or_none(row.get("level")) or 0
+            ds = row.get("downsample")
+            downsample = float(ds) if ds not in (None, "") else float(2**level)
+            records.append(
+                PatchRecord(
+                    path=root / row["path"],
+                    slide=row.get("slide") or None,
+                    x=_int_or_none(row.get("x")),
+                    y=_int_or_none(row.get("y")),
+                    size=_int_or_none(row.get("size")),
+                    level=level,
+                    downsample=downsample,
+                    label=row.get("label") or None,
+                )
+            )
+    else:
+        for p in sorted(q for q in root.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and q.is_file()):
+            m = _NAME_RE.match(p.stem)
+            label = p.parent.name if p.parent != root else None
+            if m:
+                records.append(PatchRecord(p, m["slide"], int(m["x"]), int(m["y"]), None, 0, 1.0, label))
+            else:
+                records.append(PatchRecord(p, label=label))
+    if not records:
+        raise PatchError(f"{root}: no patch images found (expected manifest.csv or {', '.join(IMAGE_EXTENSIONS)} files)")
+    return records
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
+
+
+def region_split(y: float, footprint: float, height: float, fraction: float = VALIDATION_FRACTION) -> str | None:
+    """Which side of a single slide's split a patch is on: ``"val"`` if its top ``y`` (level-0 px)
+    is at or below the line ``(1 - fraction) * height``, ``"train"`` if it ends above the line
+    (``y + footprint <= line``; ``footprint`` = size x downsample, level-0 px), ``None`` if it
+    straddles the line (dropped)."""
+    line = (1.0 - fraction) * height
+    if y >= line:
+        return "val"
+    if y + footprint <= line:
+        return "train"
+    return None
+
+
+def _slide_height(name: str, recs: Sequence[PatchRecord], slide_heights: dict[str, int] | None) -> float:
+    if slide_heights and name in slide_heights:
+        return float(slide_heights[name])
+    if name == _SAMPLE_STEM:
+        return float(SAMPLE_DIMENSIONS[1])
+    return float(max((r.y or 0) + (r.size or _image_side(r.path)) * r.downsample for r in recs))
+
+
+def _image_side(path: Path) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[1])
+    except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
+        raise PatchError(f"{path}: corrupt or unreadable image ({_one_line(exc)})") from None
+
+
+def split_records(
+    records: Sequence[PatchRecord],
+    split: str,
+    *,
+    fraction: float = VALIDATION_FRACTION,
+    slide_heights: dict[str, int] | None = None,
+) -> list[PatchRecord]:
+    """The ``split`` ("train", "val" or "all") subset of ``records`` by the module's rule
+    (by slide when there are several slides, by the bottom region when one). Order is kept."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        return list(records)
+    located = [r for r in records if r.slide is not None and r.y is not None]
+    unlocated = [r for r in records if not (r.slide is not None and r.y is not None)]
+    side: dict[Path, str | None] = {}
+    slides = sorted({r.slide for r in located}, key=lambda s: (_stable_hash(s), s))  # type: ignore[arg-type]
+    if len(slides) > 1:
+        n_val = max(1, math.ceil(fraction * len(slides)))
+        val_slides = set(slides[:n_val])
+        for r in located:
+            side[r.path] = "val" if r.slide in val_slides else "train"
+    elif slides:
+        height = _slide_height(slides[0], located, slide_heights)  # type: ignore[arg-type]
+        for r in located:
+            fp = (r.size or _image_side(r.path)) * r.downsample
+            side[r.path] = region_split(float(r.y), fp, height, fraction)  # type: ignore[arg-type]
+    for r in unlocated:
+        side[r.path] = "val" if (_stable_hash(r.path.name) % 10_000) < fraction * 10_000 else "train"
+    return [r for r in records if side.get(r.path) == split]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as an HxWx3 uint8 RGB array; PatchError naming the path if it is missing,
+    truncated or not an image."""
+    from PIL import Image
+
+    p = Path(path)
+    try:
+        with Image.open(p) as im:
+            im.load()
+            rgb = im.convert("RGB")
+        return np.array(rgb, dtype=np.uint8)  # a writable copy
+    except FileNotFoundError:
+        raise PatchError(f"{p}: patch image is missing") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+        raise PatchError(f"{p}: corrupt or unreadable image ({_one_line(exc)})") from None
+
+
+def _to_tensor(rgb: np.ndarray) -> "torch.Tensor":
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+def _center_crop(t: "torch.Tensor", size: int, what: str) -> "torch.Tensor":
+    h, w = t.shape[-2:]
+    if h < size or w < size:
+        raise PatchError(f"{what}: image is {w}x{h} px, smaller than the requested {size}x{size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return t[..., top : top + size, left : left + size]
+
+
+def _check_crop(size: int) -> None:
+    if size < 5 or size % 4 != 1:
+        from aeutils.model import nearest_valid_sizes
+
+        lo, hi = nearest_valid_sizes(size)
+        raise ValueError(f"crop {size} px: the autoencoder needs 4k+1 px sides (nearest valid: {lo} or {hi})")
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def hed_jitter(rgb: np.ndarray, alpha: Sequence[float], beta: Sequence[float]) -> np.ndarray:
+    """Stain jitter in haematoxylin-eosin-DAB space: each stain channel c becomes
+    ``s_c * (1 + alpha[c]) + beta[c]``. ``rgb``: HxWx3 uint8 or float in [0, 1]; returns float32
+    HxWx3 in [0, 1].
+
+    Uses scikit-image's colour-deconvolution matrices (``skimage.color.hed_from_rgb`` /
+    ``rgb_from_hed``, the maths of ``rgb2hed``/``hed2rgb``) but without ``rgb2hed``'s clipping of
+    negative stain values, so zero jitter is an exact round trip even for out-of-gamut pixels.
+    """
+    from skimage.color import hed_from_rgb, rgb_from_hed
+
+    x = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
+    log_adjust = np.log(1e-6)
+    stains = (np.log(np.maximum(x, 1e-6)) / log_adjust) @ hed_from_rgb
+    stains = stains * (1.0 + np.asarray(alpha, dtype=np.float64)) + np.asarray(beta, dtype=np.float64)
+    out = np.exp((stains * log_adjust) @ rgb_from_hed)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+class PatchDataset:
+    """A ``torch.utils.data.Dataset`` of patches (3xSxS float RGB in [0, 1]) from an extraction
+    output or a folder of images, one split of it.
+
+    Args:
+        source: extraction folder (``manifest.csv``) or image folder; or a list of PatchRecord.
+        split: "train", "val" or "all" (see the module docstring for the rule).
+        crop: output side in pixels (4k+1, e.g. 181, 121, 93); ``None`` keeps the image size
+            (which must then be 4k+1). Training crops at a random position, otherwise centred.
+        augment: random crop position, flips and 90-degree rotations (histology has no
+            orientation) and, if ``stain_jitter > 0``, HED stain jitter.
+        stain_jitter: strength s of the HED jitter: per stain, scale ``1 + U(-s, s)`` and shift
+            ``U(-s, s) / 10`` (stain optical densities are ~0.0-0.2). 0.02-0.05 is mild. 0: off.
+        slide_heights: level-0 heights by slide name for the single-slide region split.
+
+    Randomness comes from ``torch``'s RNG (per DataLoader worker), so a seeded run is
+    reproducible. Unreadable images raise PatchError with the path.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | Sequence[PatchRecord],
+        split: str = "train",
+        *,
+        crop: int | None = 181,
+        augment: bool | None = None,
+        stain_jitter: float = 0.0,
+        slide_heights: dict[str, int] | None = None,
+    ) -> None:
+        if isinstance(source, (str, os.PathLike)):
+            self.source: Path | None = Path(source)
+            records = find_patches(source)
+        else:
+            self.source = None
+            records = list(source)
+        self.records = split_records(records, split, slide_heights=slide_heights)
+        self.split = split
+        if crop is not None:
+            _check_crop(crop)
+        self.crop = crop
+        self.augment = (split == "train") if augment is None else bool(augment)
+        if stain_jitter < 0:
+            raise ValueError("stain_jitter must be >= 0")
+        self.stain_jitter = float(stain_jitter)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return (
+            f"PatchDataset({self.source}, split={self.split!r}, n={len(self)}, crop={self.crop}, "
+            f"augment={self.augment}, stain_jitter={self.stain_jitter})"
+        )
+
+    def __getitem__(self, index: int) -> "torch.Tensor":
+        import torch
+
+        rec = self.records[index]
+        rgb = read_image(rec.path)
+        h, w = rgb.shape[:2]
+        size = self.crop
+        if size is None:
+            size = min(h, w)
+            if h != w or size % 4 != 1:
+                raise PatchError(f"{rec.path}: {w}x{h} px is not a square 4k+1 patch; pass crop=")
+        if h < size or w < size:
+            raise PatchError(f"{rec.path}: image is {w}x{h} px, smaller than the crop {size}x{size}")
+        if self.augment:
+            top = int(torch.randint(0, h - size + 1, ()).item())
+            left = int(torch.randint(0, w - size + 1, ()).item())
+        else:
+            top, left = (h - size) // 2, (w - size) // 2
+        rgb = rgb[top : top + size, left : left + size]
+        if self.augment and self.stain_jitter > 0:
+            u = torch.rand(6).numpy() * 2.0 - 1.0
+            s = self.stain_jitter
+            x = torch.from_numpy(hed_jitter(rgb, u[:3] * s, u[3:] * s / 10.0)).permute(2, 0, 1)
+        else:
+            x = _to_tensor(rgb)
+        if self.augment:
+            flips = torch.randint(0, 2, (2,))
+            k = int(torch.randint(0, 4, ()).item())
+            if flips[0]:
+                x = x.flip(-1)
+            if flips[1]:
+                x = x.flip(-2)
+            if k:
+                x = torch.rot90(x, k, dims=(-2, -1))
+        return x.contiguous()
+
+
+# --------------------------------------------------------------------------- convenience loaders
+
+
+def load_patches(
+    source: "str | os.PathLike[str] | torch.Tensor",
+    n: int | None = None,
+    size: int = 181,
+    *,
+    split: str = "all",
+) -> "torch.Tensor":
+    """The first ``n`` patches (all if ``None``) of ``source`` as an Nx3xSxS float tensor in
+    [0, 1], centre-cropped to ``size`` px. ``source``: an extraction folder (manifest order), a
+    folder of images (sorted), or a tensor (Nx3xHxW or 3xHxW, in [0, 1], or uint8 0-255)."""
+    import torch
+
+    if isinstance(source, torch.Tensor):
+        t = source.unsqueeze(0) if source.ndim == 3 else source
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise PatchError(f"tensor source: expected Nx3xHxW, got shape {tuple(source.shape)}")
+        t = t.float().div(255.0) if t.dtype == torch.uint8 else t.float()
+        return _center_crop(t[:n] if n is not None else t, size, "tensor source").contiguous()
+    records = split_records(find_patches(source), split)
+    if n is not None:
+        records = records[:n]
+    if not records:
+        raise PatchError(f"{source}: no patches in split {split!r}")
+    return torch.stack([_center_crop(_to_tensor(read_image(r.path)), size, str(r.path)) for r in records])
+
+
+@lru_cache(maxsize=16)
+def _sample_cells(size: int, split: str, stride: int) -> tuple[tuple[int, int], ...]:
+    from aeutils.patches import plan_grid
+    from aeutils.slides import open_slide
+
+    with open_slide(sample_slide()) as slide:
+        height = slide.dimensions[1]
+        cells = plan_grid(slide, patch_size=size, level=0, stride=stride, min_tissue=0.5)
+    return tuple((c.x, c.y) for c in cells if region_split(c.y, c.size, height) == split)
+
+
+def sample_patches(n: int = 16, size: int = 181, split: str = "val", seed: int = 0) -> "torch.Tensor":
+    """``n`` tissue patches of the bundled sample slide as an Nx3xSxS float tensor in [0, 1]
+    (level 0, 0.499 um/px), from the ``split`` side ("val": the held-out bottom 25 %, "train",
+    or "all") of the region split. Deterministic for a given seed; for one seed, a smaller ``n``
+    gives a prefix of a larger one.
+
+    Patches come from a non-overlapping grid (stride = size) of cells with >= 50 % tissue; if that
+    has fewer than ``n`` cells, half and then quarter strides (overlapping patches) are used.
+    """
+    import torch
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    cells: tuple[tuple[int, int], ...] = ()
+    for stride in (size, max(1, size // 2), max(1, size // 4)):
+        cells = _sample_cells(size, split, stride) if split != "all" else (
+            _sample_cells(size, "train", stride) + _sample_cells(size, "val", stride)
+        )
+        if len(cells) >= n:
+            break
+    if len(cells) < n:
+        raise PatchError(
+            f"{sample_slide()}: only {len(cells)} tissue patches of {size} px in the {split!r} split, {n} requested"
+        )
+    order = np.random.default_rng(seed).permutation(len(cells))[:n]
+    from aeutils.slides import open_slide
+
+    out = []
+    with open_slide(sample_slide()) as slide:
+        for i in order:
+            x, y = cells[int(i)]
+            out.append(_to_tensor(slide.read_region(x, y, 0, size)))
+    return torch.stack(out)
+
+
+def iter_batches(x: "torch.Tensor", batch_size: int) -> Iterable["torch.Tensor"]:
+    """Split an Nx... tensor into consecutive batches of at most ``batch_size``."""
+    for i in range(0, x.shape[0], batch_size):
+        yield x[i : i + batch_size]

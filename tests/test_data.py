@@ -1,0 +1,185 @@
+"""aeutils.data: splits (by slide, by region), PatchDataset augmentations, corrupt images, loaders."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aeutils.data import (
+    VALIDATION_FRACTION,
+    PatchDataset,
+    find_patches,
+    hed_jitter,
+    load_patches,
+    region_split,
+    split_records,
+)
+from aeutils.errors import PatchError
+
+COLUMNS = ["path", "slide", "level", "x", "y", "size", "mpp", "tissue_fraction", "tumour_fraction", "label"]
+
+
+def write_patch_dir(
+    root: Path, slides: dict[str, int], *, size: int = 41, stride: int = 40, cols: int = 2, seed: int = 0
+) -> Path:
+    """A fake extraction output: for each slide name -> height (level-0 px), a grid of random
+    PNG patches (``cols`` wide) down the whole height, plus manifest.csv."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for slide, height in slides.items():
+        for y in range(0, height - size + 1, stride):
+            for c in range(cols):
+                x = c * stride
+                rel = f"unlabeled/{slide}_{x}_{y}.png"
+                (root / "unlabeled").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / rel)
+                rows.append(dict(path=rel, slide=slide, level=0, x=x, y=y, size=size, mpp=0.5,
+                                 tissue_fraction=1.0, tumour_fraction=0.0, label="unlabeled"))
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_region_split_rule() -> None:
+    h = 400  # line at 300
+    assert region_split(300, 41, h) == "val"
+    assert region_split(259, 41, h) == "train"
+    assert region_split(260, 41, h) is None  # straddles
+    assert VALIDATION_FRACTION == 0.25
+
+
+def test_single_slide_split_by_region(tmp_path: Path) -> None:
+    write_patch_dir(tmp_path, {"s1": 401})
+    recs = find_patches(tmp_path)
+    train, val = split_records(recs, "train"), split_records(recs, "val")
+    # derived height = max(y + size) = 360 + 41 = 401 -> line 300.75
+    assert train and val
+    assert all(r.y + r.size <= 0.75 * 401 for r in train)
+    assert all(r.y >= 0.75 * 401 for r in val)
+    assert not {r.path for r in train} & {r.path for r in val}
+    assert len(train) + len(val) < len(recs)  # the straddling row is dropped
+    # an explicit slide height moves the line
+    val_big = split_records(recs, "val", slide_heights={"s1": 1000})
+    assert val_big == []
+
+
+def test_multi_slide_split_by_slide(tmp_path: Path) -> None:
+    write_patch_dir(tmp_path, {f"slide{i}": 121 for i in range(5)})
+    recs = find_patches(tmp_path)
+    train, val = split_records(recs, "train"), split_records(recs, "val")
+    assert len(train) + len(val) == len(recs)  # nothing dropped
+    tr_slides, va_slides = {r.slide for r in train}, {r.slide for r in val}
+    assert not tr_slides & va_slides
+    assert len(va_slides) == 2  # ceil(0.25 * 5)
+
+
+def test_plain_folder_with_and_without_coordinates(tmp_path: Path) -> None:
+    write_patch_dir(tmp_path / "ext", {"s1": 401})
+    (tmp_path / "ext" / "manifest.csv").unlink()  # now just a folder of <slide>_<x>_<y>.png
+    recs = find_patches(tmp_path / "ext")
+    assert all(r.slide == "s1" and r.y is not None for r in recs)
+    assert split_records(recs, "val") and split_records(recs, "train")
+    flat = tmp_path / "flat" / "classA"
+    flat.mkdir(parents=True)
+    for i in range(20):
+        Image.fromarray(np.full((21, 21, 3), i, np.uint8)).save(flat / f"img{i}.png")
+    frecs = find_patches(tmp_path / "flat")
+    assert len(frecs) == 20 and frecs[0].label == "classA"
+    tr, va = split_records(frecs, "train"), split_records(frecs, "val")
+    assert len(tr) + len(va) == 20 and 0 < len(va) < 20
+
+
+def test_dataset_crop_and_augment(tmp_path: Path) -> None:
+    write_patch_dir(tmp_path, {"s1": 401})
+    ds = PatchDataset(tmp_path, "train", crop=33)
+    assert ds.augment and len(ds) > 0
+    torch.manual_seed(0)
+    a = ds[0]
+    assert a.shape == (3, 33, 33) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    outs = {tuple(ds[0].flatten()[:50].tolist()) for _ in range(8)}
+    assert len(outs) > 1  # random crops / flips / rotations differ
+    # reproducible under the same torch seed
+    torch.manual_seed(3)
+    b1 = ds[1]
+    torch.manual_seed(3)
+    assert torch.equal(b1, ds[1])
+    # validation: centred, deterministic, no augmentation
+    val = PatchDataset(tmp_path, "val", crop=33)
+    assert not val.augment and torch.equal(val[0], val[0])
+    full = torch.from_numpy(np.array(Image.open(val.records[0].path))).permute(2, 0, 1).float() / 255
+    assert torch.allclose(val[0], full[:, 4:37, 4:37])
+
+
+def test_augmentations_are_pixel_permutations(tmp_path: Path) -> None:
+    """Flips and rotations only move pixels: the crop's pixel multiset is kept (no interpolation)."""
+    write_patch_dir(tmp_path, {"s1": 401}, size=33)
+    ds = PatchDataset(tmp_path, "train", crop=33)
+    plain = PatchDataset(tmp_path, "train", crop=33, augment=False)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        aug = ds[2]
+        assert torch.equal(aug.flatten(1).sort(dim=1).values, plain[2].flatten(1).sort(dim=1).values)
+
+
+def test_invalid_crop_sizes(tmp_path: Path) -> None:
+    write_patch_dir(tmp_path, {"s1": 401})
+    with pytest.raises(ValueError, match="4k\\+1"):
+        PatchDataset(tmp_path, "train", crop=32)
+    ds = PatchDataset(tmp_path, "train", crop=45)  # bigger than the 41 px images
+    with pytest.raises(PatchError, match="smaller than the crop"):
+        ds[0]
+
+
+def test_stain_jitter_is_mild_and_random(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(60, 230, (17, 17, 3), dtype=np.uint8)
+    same = hed_jitter(rgb, [0, 0, 0], [0, 0, 0])
+    assert np.abs(same - rgb / 255.0).max() < 1e-4  # zero jitter: the HED round trip is the identity
+    moved = hed_jitter(rgb, [0.05, -0.05, 0.0], [0.005, -0.005, 0.0])
+    diff = np.abs(moved - rgb / 255.0).mean()
+    assert 0.002 < diff < 0.08
+    write_patch_dir(tmp_path, {"s1": 401})
+    ds = PatchDataset(tmp_path, "train", crop=33, stain_jitter=0.05)
+    torch.manual_seed(0)
+    x = ds[0]
+    assert x.shape == (3, 33, 33) and x.dtype == torch.float32
+
+
+def test_corrupt_image_fails_naming_the_path(tmp_path: Path) -> None:
+    write_patch_dir(tmp_path, {"s1": 401})
+    ds = PatchDataset(tmp_path, "train", crop=33)
+    bad = ds.records[0].path
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated PNG
+    with pytest.raises(PatchError, match=str(bad.name)):
+        ds[0]
+    ds.records[1].path.unlink()
+    with pytest.raises(PatchError, match="missing"):
+        ds[1]
+    # through a DataLoader with a worker process: the error surfaces, no hang
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, timeout=60)
+    with pytest.raises(PatchError, match="corrupt or unreadable"):
+        next(iter(loader))
+
+
+def test_find_patches_errors(tmp_path: Path) -> None:
+    with pytest.raises(PatchError, match="no such"):
+        find_patches(tmp_path / "nope")
+    with pytest.raises(PatchError, match="no patch images"):
+        find_patches(tmp_path)
+
+
+def test_load_patches_sources(tmp_path: Path) -> None:
+    write_patch_dir(tmp_path, {"s1": 401})
+    x = load_patches(tmp_path, n=3, size=33)
+    assert x.shape == (3, 3, 33, 33) and x.max() <= 1
+    t = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    y = load_patches(t, size=37)
+    assert y.shape == (2, 3, 37, 37) and torch.allclose(y, t[:, :, 1:38, 1:38].float() / 255)
+    assert load_patches(tmp_path, split="val", size=33).shape[0] == len(split_records(find_patches(tmp_path), "val"))
+    with pytest.raises(PatchError, match="smaller"):
+        load_patches(tmp_path, n=1, size=45)
