@@ -1,0 +1,114 @@
+"""Tissue masks on a low-resolution thumbnail, and the tissue fraction of rectangles (grid cells).
+
+H&E tissue is coloured (pink/purple) while glass is white-grey and out-of-slide padding is black,
+so the mask thresholds the HSV *saturation* with Otsu's method (scikit-image), never below
+``min_saturation`` (a blank slide gives an empty mask instead of a noise mask), then removes small
+specks and fills small holes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TissueMask", "tissue_mask", "detect_tissue"]
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """A boolean tissue mask of a thumbnail and its scale.
+
+    Attributes:
+        mask: H x W bool, True = tissue.
+        scale: ``(sx, sy)`` mask pixels per level-0 pixel (mask width / slide width, height / height).
+        threshold: the saturation threshold used (0..1).
+    """
+
+    mask: np.ndarray
+    scale: tuple[float, float]
+    threshold: float
+
+    def _integral(self) -> np.ndarray:
+        cached = self.__dict__.get("_sat")
+        if cached is None:
+            cached = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype=np.int64)
+            cached[1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1)
+            object.__setattr__(self, "_sat", cached)
+        return cached
+
+    def fraction(self, x: float, y: float, w: float, h: float) -> float:
+        """Fraction (0..1) of the level-0 rectangle ``[x, x+w) x [y, y+h)`` covered by tissue.
+
+        The rectangle is mapped to mask pixels (rounded, at least one pixel); outside the mask counts
+        as no tissue.
+        """
+        return float(self.fractions(np.array([x]), np.array([y]), w, h)[0])
+
+    def fractions(self, xs: np.ndarray, ys: np.ndarray, w: float, h: float) -> np.ndarray:
+        """Vectorised :meth:`fraction` for many rectangles of the same level-0 size ``w x h``."""
+        sat = self._integral()
+        H, W = self.mask.shape
+        sx, sy = self.scale
+        x0 = np.floor(np.asarray(xs, dtype=np.float64) * sx + 0.5).astype(np.int64)
+        y0 = np.floor(np.asarray(ys, dtype=np.float64) * sy + 0.5).astype(np.int64)
+        x1 = np.maximum(np.floor((np.asarray(xs, dtype=np.float64) + w) * sx + 0.5).astype(np.int64), x0 + 1)
+        y1 = np.maximum(np.floor((np.asarray(ys, dtype=np.float64) + h) * sy + 0.5).astype(np.int64), y0 + 1)
+        area = (x1 - x0) * (y1 - y0)
+        cx0, cx1 = np.clip(x0, 0, W), np.clip(x1, 0, W)
+        cy0, cy1 = np.clip(y0, 0, H), np.clip(y1, 0, H)
+        inside = sat[cy1, cx1] - sat[cy0, cx1] - sat[cy1, cx0] + sat[cy0, cx0]
+        return inside / area
+
+
+def tissue_mask(
+    rgb: np.ndarray,
+    *,
+    min_saturation: float = 0.07,
+    min_object_fraction: float = 1e-4,
+    hole_fraction: float = 1e-3,
+) -> tuple[np.ndarray, float]:
+    """Tissue mask of an RGB thumbnail (H x W x 3 uint8): returns ``(mask H x W bool, threshold)``.
+
+    Otsu on HSV saturation (threshold at least ``min_saturation``); objects smaller than
+    ``min_object_fraction`` of the image are removed and holes smaller than ``hole_fraction`` filled.
+    """
+    from skimage.color import rgb2hsv
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import remove_small_holes, remove_small_objects
+
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
+    sat = rgb2hsv(rgb)[..., 1]
+    # Nearly black pixels (out-of-slide padding, pen) have unreliable saturation: not tissue.
+    dark = rgb.max(axis=2) < 30
+    sat = np.where(dark, 0.0, sat)
+    try:
+        otsu = float(threshold_otsu(sat))
+    except ValueError:  # constant image
+        otsu = 1.0
+    threshold = max(otsu, min_saturation)
+    mask = sat > threshold
+    n = mask.size
+    min_obj = max(1, int(round(min_object_fraction * n)))
+    max_hole = max(1, int(round(hole_fraction * n)))
+    if mask.any():
+        mask = _skimage_size_filter(remove_small_objects, mask, min_obj)
+        mask = _skimage_size_filter(remove_small_holes, mask, max_hole)
+    return mask.astype(bool), threshold
+
+
+def _skimage_size_filter(func: "object", mask: np.ndarray, size: int) -> np.ndarray:
+    """Call skimage's remove_small_objects/holes removing regions smaller than ``size`` pixels on any version."""
+    try:  # scikit-image >= 0.26: max_size removes regions of at most max_size pixels
+        return func(mask, max_size=size - 1)  # type: ignore[operator]
+    except TypeError:  # older: min_size / area_threshold remove regions smaller than the value
+        return func(mask, size)  # type: ignore[operator]
+
+
+def detect_tissue(slide: "object", max_side: int = 2048) -> tuple[np.ndarray, TissueMask]:
+    """Thumbnail (at most ``max_side`` pixels a side) and :class:`TissueMask` of an open :class:`~aeutils.slides.Slide`."""
+    thumb = slide.thumbnail(max_side)  # type: ignore[attr-defined]
+    mask, threshold = tissue_mask(thumb)
+    w0, h0 = slide.dimensions  # type: ignore[attr-defined]
+    scale = (thumb.shape[1] / w0, thumb.shape[0] / h0)
+    return thumb, TissueMask(mask=mask, scale=scale, threshold=threshold)
