@@ -1,0 +1,278 @@
+"""aeutils.model: the architecture (layout, parameter count, size contract), the [0, 1] input/output
+convention with the normalisation inside, the config, and the introspection helpers of notebook 02."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from aeutils.model import (
+    STAGES,
+    Autoencoder,
+    AutoencoderConfig,
+    ResidualBlock,
+    check_size,
+    count_parameters,
+    empirical_receptive_field,
+    flops_per_stage,
+    format_table,
+    latent_size,
+    layer_table,
+    nearest_valid_sizes,
+    receptive_field,
+    stages,
+)
+
+SMALL = AutoencoderConfig(n_blocks=1)
+
+
+def small_model(seed: int = 0, **changes) -> Autoencoder:
+    torch.manual_seed(seed)
+    return Autoencoder(AutoencoderConfig(**{"n_blocks": 1, **changes})).eval()
+
+
+def batch(side: int, n: int = 2, seed: int = 0, height: int | None = None) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, height or side, side, generator=g)
+
+
+@pytest.mark.parametrize("side,latent", [(65, 17), (181, 46), (257, 65)])
+def test_shapes_of_the_default_architecture(side: int, latent: int) -> None:
+    # The full N = 10 model on the meta device: real layer shapes, no compute.
+    with torch.device("meta"):
+        model = Autoencoder()
+        x = torch.zeros(1, 3, side, side)
+        z = model.encode(x)
+        y = model.decode(z)
+    assert tuple(z.shape) == (1, 1, latent, latent)
+    assert tuple(y.shape) == (1, 3, side, side)
+    assert latent_size(side) == latent
+
+
+@pytest.mark.parametrize("side,latent", [(65, 17), (181, 46)])
+def test_round_trip_shapes_computed(side: int, latent: int) -> None:
+    model = small_model()
+    with torch.no_grad():
+        z = model.encode(batch(side))
+        y = model(batch(side))
+    assert z.shape == (2, 1, latent, latent)
+    assert y.shape == (2, 3, side, side)
+
+
+def test_non_square_inputs_keep_their_shape() -> None:
+    model = small_model()
+    with torch.no_grad():
+        x = batch(181, height=65)
+        assert model.encode(x).shape == (2, 1, 17, 46)
+        assert model(x).shape == x.shape
+
+
+def test_default_is_the_original_design_with_1924004_parameters() -> None:
+    model = Autoencoder()
+    assert model.config == AutoencoderConfig()
+    assert count_parameters(model) == 1_924_004
+    assert isinstance(model.encoder, nn.ModuleList) and isinstance(model.decoder, nn.Sequential)
+    enc_convs = [m for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
+    heads = [m for m in enc_convs if m.kernel_size == (3, 3) and (m.in_channels != m.out_channels)]
+    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in heads] == [(3, 64, 2), (64, 32, 2), (32, 8, 1), (8, 1, 1)]
+    dec_convs = [m for m in model.decoder.modules() if isinstance(m, nn.ConvTranspose2d)]
+    dec_heads = [m for m in dec_convs if m.in_channels != m.out_channels]
+    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in dec_heads] == [(1, 8, 1), (8, 32, 1), (32, 64, 2), (64, 3, 2)]
+    assert not any(isinstance(m, nn.Conv2d) for m in model.decoder.modules())
+    blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 60  # 10 per stage, 3 stages, encoder and decoder
+
+
+def test_parameter_count_depends_on_n_blocks_as_the_blocks_say() -> None:
+    # each block: two 3x3 convs (c*c*9 + c) and two BatchNorms (2c): per width pair in enc+dec
+    per_block = sum(2 * (2 * (c * c * 9 + c) + 2 * 2 * c) for c in (64, 32, 8))
+    assert count_parameters(Autoencoder(AutoencoderConfig(n_blocks=0))) + 10 * per_block == 1_924_004
+
+
+def test_residual_block_is_conv_bn_relu_conv_bn_plus_input() -> None:
+    torch.manual_seed(0)
+    block = ResidualBlock(8, nn.ReLU).eval()
+    kinds = [type(m) for m in block.body]
+    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d]
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(block(x), x + block.body(x))
+    assert [type(m) for m in ResidualBlock(8, nn.ReLU, transposed=True).body][0] is nn.ConvTranspose2d
+
+
+@pytest.mark.parametrize("side,near", [(180, "177 or 181"), (182, "181 or 185"), (64, "61 or 65"), (256, "253 or 257"), (3, "5")])
+def test_invalid_sizes_name_the_nearest_valid_ones(side: int, near: str) -> None:
+    model = small_model()
+    with pytest.raises(ValueError, match=f"{side} px.*nearest valid: {near}"):
+        model.encode(torch.rand(1, 3, side, side))
+    with pytest.raises(ValueError, match=near):
+        check_size(181, side)
+
+
+def test_nearest_valid_sizes_bracket_the_side() -> None:
+    for side in range(5, 400):
+        lo, hi = nearest_valid_sizes(side)
+        assert lo % 4 == 1 and hi % 4 == 1 and lo <= side <= hi and hi - lo in (0, 4)
+        assert (lo == hi) == (side % 4 == 1)
+        if side % 4 == 1:
+            assert 4 * latent_size(side) - 3 == side
+
+
+def test_other_bad_inputs_are_refused_clearly() -> None:
+    model = small_model()
+    with pytest.raises(ValueError, match="dtype torch.uint8"):
+        model.encode(torch.zeros(1, 3, 65, 65, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="Nx3xHxW"):
+        model.encode(torch.rand(3, 65, 65))
+    with pytest.raises(ValueError, match="Nx1xhxw"):
+        model.decode(torch.rand(1, 3, 17, 17))
+
+
+def test_encode_then_decode_equals_forward_in_eval() -> None:
+    model = small_model()
+    x = batch(65)
+    with torch.no_grad():
+        assert torch.equal(model.decode(model.encode(x)), model(x))
+
+
+def test_encode_features_end_with_the_encoding() -> None:
+    model = small_model()
+    x = batch(65)
+    with torch.no_grad():
+        feats = model.encode_features(x)
+        z = model.encode(x)
+    assert list(feats) == list(STAGES)
+    assert [tuple(f.shape[1:]) for f in feats.values()] == [(64, 33, 33), (32, 17, 17), (8, 17, 17), (1, 17, 17)]
+    assert torch.equal(feats["latent"], z)
+
+
+def test_output_is_clamped_to_0_1_in_eval_only() -> None:
+    model = small_model()
+    with torch.no_grad():
+        model.decoder[-1].weight.mul_(50)  # force overshoot
+    x = batch(65)
+    with torch.no_grad():
+        y_eval = model(x)
+        model.train()
+        y_train = model(x)
+    assert y_eval.min() >= 0 and y_eval.max() <= 1
+    assert y_train.min() < 0 or y_train.max() > 1  # the clamp, not luck, keeps eval in range
+
+
+def test_normalisation_is_inside_the_model_as_buffers() -> None:
+    config = AutoencoderConfig(n_blocks=1, mean=(0.7, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    torch.manual_seed(0)
+    model = Autoencoder(config).eval()
+    buffers = dict(model.named_buffers())
+    assert torch.allclose(buffers["mean"].flatten(), torch.tensor(config.mean))
+    assert torch.allclose(buffers["std"].flatten(), torch.tensor(config.std))
+    assert "mean" not in model.state_dict()  # rebuilt from the config, which travels with checkpoints
+    x = batch(65)
+    with torch.no_grad():
+        h = (x - torch.tensor(config.mean).view(1, 3, 1, 1)) / torch.tensor(config.std).view(1, 3, 1, 1)
+        for stage in model.encoder:
+            h = stage(h)
+        assert torch.allclose(model.encode(x), h, atol=1e-6)
+        # same weights, default normalisation: a different encoding, so the buffers are used
+        other = Autoencoder(AutoencoderConfig(n_blocks=1)).eval()
+        other.load_state_dict(model.state_dict())
+        assert not torch.allclose(other.encode(x), model.encode(x))
+        # the decoder undoes it: the output is back in [0, 1] units
+        assert torch.allclose(model.decode(h), (model.decoder(h) * model.std + model.mean).clamp(0, 1))
+
+
+def test_config_round_trips_through_dict_and_json() -> None:
+    config = AutoencoderConfig(widths=(16, 8, 4), latent_channels=2, n_blocks=3, stage_relu=False, activation="gelu")
+    assert AutoencoderConfig.from_dict(config.to_dict()) == config
+    assert AutoencoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert Autoencoder(config).config is config
+    with pytest.raises(ValueError, match="unknown AutoencoderConfig fields: colour"):
+        AutoencoderConfig.from_dict({**config.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="activation"):
+        AutoencoderConfig(activation="tanhh")
+    with pytest.raises(ValueError, match="widths"):
+        AutoencoderConfig(widths=(8, 8))
+
+
+def test_other_widths_and_latent_channels_build_and_run() -> None:
+    model = small_model(widths=(16, 8, 4), latent_channels=2)
+    with torch.no_grad():
+        z = model.encode(batch(65))
+        assert z.shape == (2, 2, 17, 17)
+        assert model.decode(z).shape == (2, 3, 65, 65)
+
+
+@pytest.mark.parametrize("name,cls", [("gelu", nn.GELU), ("leaky_relu", nn.LeakyReLU), ("silu", nn.SiLU)])
+def test_activation_from_the_config_is_used(name: str, cls: type) -> None:
+    relu = small_model()
+    other = small_model(activation=name)
+    kinds = {type(m) for m in other.modules()}
+    assert cls in kinds and nn.ReLU not in kinds
+    other.load_state_dict(relu.state_dict())  # activations have no weights: same state dict
+    x = batch(65)
+    with torch.no_grad():
+        assert other(x).shape == x.shape
+        assert not torch.allclose(other.encode(x), relu.encode(x))
+
+
+def test_stage_relu_false_drops_only_the_stage_activations() -> None:
+    with_relu, without = small_model(n_blocks=2), small_model(n_blocks=2, stage_relu=False)
+    count = lambda m: sum(isinstance(x, nn.ReLU) for x in m.modules())
+    assert count(with_relu) - count(without) == 6  # one after each of the 3 + 3 stage convs
+    assert count(without) == 2 * 3 * 2  # the one inside each residual block remains
+    assert count_parameters(with_relu) == count_parameters(without)
+    with torch.no_grad():
+        assert without(batch(65)).shape == (2, 3, 65, 65)
+
+
+# --- introspection --------------------------------------------------------------------------------
+
+
+def test_layer_table_for_181_px() -> None:
+    model = Autoencoder()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = layer_table(model, side=181)
+    assert sum(r["params"] for r in rows) == count_parameters(model) == 1_924_004
+    assert rows[0]["output"] == (3, 181, 181) and rows[-1]["output"] == (3, 181, 181)
+    latent = [r for r in rows if r["stage"] == "encoder.latent"]
+    assert [r["output"] for r in latent] == [(1, 46, 46)]
+    blocks = [r for r in rows if r["layer"].startswith("ResidualBlock")]
+    assert len(blocks) == 6 and all(r["layer"].endswith(" x10") for r in blocks)
+    assert {r["stage"] for r in rows[1:]} == {name for name, _ in stages(model)}
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # not run, not changed
+    text = format_table(rows)
+    assert text.splitlines()[0].split() == ["stage", "layer", "output", "params"]
+    assert len(text.splitlines()) == len(rows) + 2 and "1,924,004" not in text and "741,120" in text
+
+
+def test_flops_per_stage_match_the_convolution_arithmetic() -> None:
+    rows = {r["stage"]: r for r in flops_per_stage(Autoencoder(), side=181)}
+    conv = lambda cin, cout, side: 2 * cin * cout * 9 * side * side  # 2 FLOPs per multiply-add
+    assert rows["encoder.stage1"]["flops"] == conv(3, 64, 91) + 20 * conv(64, 64, 91)
+    assert rows["encoder.latent"]["flops"] == conv(8, 1, 46)
+    assert rows["decoder.stage3"]["flops"] == conv(1, 8, 46) + 20 * conv(8, 8, 46)
+    assert rows["decoder.output"]["output"] == (3, 181, 181)
+    assert sum(r["params"] for r in rows.values()) == 1_924_004
+    assert list(rows) == [name for name, _ in stages(Autoencoder(SMALL))]
+
+
+@pytest.mark.parametrize("n_blocks", [0, 1, 2, 10])
+def test_receptive_field_from_the_conv_stack(n_blocks: int) -> None:
+    # 3x3 convs: +2 px at stride 1, +4 for each conv at /2 (head 2 and 2N block convs), +8 at /4
+    expected = 1 + 2 + 2 * n_blocks * 4 + 4 + 2 * n_blocks * 8 + 8 + 2 * n_blocks * 8 + 8
+    assert receptive_field(AutoencoderConfig(n_blocks=n_blocks)) == expected
+    assert receptive_field() == 423
+
+
+@pytest.mark.parametrize("n_blocks", [0, 1])
+def test_empirical_receptive_field_matches_the_analytic_one(n_blocks: int) -> None:
+    model = small_model(n_blocks=n_blocks)
+    rf = empirical_receptive_field(model, side=129)
+    assert rf.support == receptive_field(model.config)  # fits inside 129 px: the gradient reaches its edge
+    assert 0 < rf.effective <= rf.support and rf.gradient.shape == (129, 129)
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    # the gradient is centred on the input pixel under the centre latent pixel (4 * 16 = 64)
+    nz = torch.nonzero(rf.gradient)
+    assert (nz.min(0).values + nz.max(0).values).tolist() == [128, 128]
