@@ -1,0 +1,93 @@
+"""The training benches run end to end in --smoke mode (seconds) and print their result lines.
+
+bench/train_speed.py: trainer step vs plain fp32 loop, prints img/s per arm and the speed-up ratio.
+bench/quality.py: autoencoder vs bicubic vs JPEG on held-out patches, prints a markdown table; run
+here on a randomly initialised checkpoint so it does not depend on the shipped model.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "MSCOPY_DEVICE": "cpu"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_train_speed_smoke_prints_both_arms_and_ratio() -> None:
+    proc = _run("train_speed.py", "--smoke")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for arm in ("plain fp32", "trainer"):
+        m = re.search(rf"{arm}:\s+([0-9.]+) img/s median", out)
+        assert m, out
+        assert float(m.group(1)) > 0
+    m = re.search(r"speed-up trainer / plain fp32: ([0-9.]+)x", out)
+    assert m, out
+    assert float(m.group(1)) > 0
+    assert re.search(r"one step: [0-9.]+ GFLOP per image", out), out
+
+
+def test_quality_smoke_prints_markdown_table(tmp_path: Path) -> None:
+    import torch
+
+    from aeutils.checkpoint import save_checkpoint
+    from aeutils.model import Autoencoder, AutoencoderConfig
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "random.pt", Autoencoder(AutoencoderConfig(widths=(8, 8, 4), n_blocks=1)))
+    proc = _run("quality.py", "--smoke", "--checkpoint", str(ckpt))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "| method | numbers per patch / bytes | PSNR mean (dB) | SSIM mean |" in out, out
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"\| (.+?) \| (.+?) \| ([-0-9.]+) \| ([-0-9.]+) \|$", line)
+        if m:
+            rows[m.group(1)] = (float(m.group(3)), float(m.group(4)))
+    names = list(rows)
+    assert any(n.startswith("autoencoder, float32") for n in names), out
+    assert "bicubic from 3x27x27" in rows and "bicubic from 3x46x46" in rows, out
+    jpeg = [n for n in names if n.startswith("JPEG <= 8464 B")]
+    assert jpeg and any(n.startswith("JPEG <= 4232 B") for n in names), out
+    # sanity that could fail: more thumbnail pixels reconstruct better, more bytes give better JPEG
+    assert rows["bicubic from 3x46x46"][0] > rows["bicubic from 3x27x27"][0], out
+    small_jpeg = next(n for n in names if n.startswith("JPEG <= 4232 B"))
+    assert rows[jpeg[0]][0] > rows[small_jpeg][0], out
+    for psnr, ssim in rows.values():
+        assert 0 < psnr < 100 and -1 <= ssim <= 1
+    assert re.search(r"beats bicubic from 3x46x46 in PSNR and SSIM: (yes|no)", out), out
+
+
+def test_jpeg_at_budget_respects_budget_and_picks_largest_fit() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from quality import jpeg_at_budget
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    rng = np.random.default_rng(0)
+    img = (rng.random((45, 45, 3)) * 255).astype(np.uint8)
+    budget = 2500
+    decoded, q, nbytes = jpeg_at_budget(img, budget)
+    assert decoded.shape == img.shape and nbytes <= budget
+    sizes = {}
+    for qq in range(1, 96):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=qq, optimize=True)
+        sizes[qq] = len(buf.getvalue())
+    assert nbytes == max(s for s in sizes.values() if s <= budget)
+    assert sizes[q] == nbytes
