@@ -1,0 +1,149 @@
+"""Training throughput: the trainer's step (aeutils.train) vs a plain fp32 PyTorch loop, same run.
+
+Both arms train the DEFAULT architecture (``AutoencoderConfig()``: widths 64/32/8, 10 residual blocks
+per stage, 1,924,004 parameters) on the same random 3x181x181 batch with MSE:
+
+* plain: the model as built, ``torch.optim.Adam``, ``F.mse_loss``, NCHW float32, no tricks;
+* trainer: the step function ``aeutils.train`` runs, configured exactly as it configures itself on
+  this device (channels_last, autocast/bf16 or fp16 + grad scaler on CUDA, ...): imported, not copied.
+
+Warm-up steps and timed repeats are interleaved (plain, trainer, trainer, plain, ...) so load from
+other processes hits both arms alike; each repeat's images/s is recorded and the medians compared.
+The FLOPs of one step are counted once with ``torch.utils.flop_counter.FlopCounterMode`` (convs and
+matmuls, forward + backward) to report achieved TFLOP/s.
+
+    python bench/train_speed.py                    # CPU default: batch 4, 1 warm-up + 5 repeats of 1 step
+    python bench/train_speed.py --batch-size 64 --repeats 10 --steps 10   # on a GPU
+    python bench/train_speed.py --smoke            # tiny model and batch: seconds (CI)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+PATCH = 181  #: training crop side in pixels
+
+Step = Callable[[torch.Tensor], object]
+
+
+def plain_step(model: torch.nn.Module, lr: float = 1e-3) -> Step:
+    """The baseline: one fp32 NCHW Adam step on MSE(model(x), x), nothing else."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(model(x), x)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def trainer_step(config: object, device: torch.device) -> Step:
+    """The trainer's own step: ``aeutils.train.Trainer(...).step`` for a fresh model of ``config`` on
+    ``device``, with the speed settings ``aeutils.train.train`` uses by default (channels_last on;
+    autocast bf16, or fp16 + GradScaler, on CUDA only). Includes what each real step does: the
+    non-finite-loss check and the LR-scheduler step."""
+    from aeutils.model import Autoencoder
+    from aeutils.train import Trainer
+
+    trainer = Trainer(Autoencoder(config), device=device)
+    return trainer.step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Step, x: torch.Tensor, steps: int) -> float:
+    """Seconds for ``steps`` consecutive training steps on batch ``x`` (device synchronised)."""
+    _sync(x.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(x)
+    _sync(x.device)
+    return time.perf_counter() - t0
+
+
+def step_flops(config: object, device: torch.device) -> int:
+    """FLOPs (2 per multiply-add) of one forward + backward of the plain model on one 3x181x181 image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from aeutils.model import Autoencoder
+
+    model = Autoencoder(config).to(device).train()
+    x = torch.rand(1, 3, PATCH, PATCH, device=device)
+    with FlopCounterMode(display=False) as counter:
+        F.mse_loss(model(x), x).backward()
+    return int(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 4 on CPU, 64 on CUDA)")
+    parser.add_argument("--steps", type=int, default=1, help="steps per timed repeat (default 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per arm (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per arm (default 1)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: aeutils.device.pick_device)")
+    parser.add_argument("--smoke", action="store_true", help="tiny model and batch, 1 repeat: a seconds-long check")
+    args = parser.parse_args(argv)
+
+    from aeutils.device import pick_device
+    from aeutils.model import Autoencoder, AutoencoderConfig, count_parameters
+
+    device = pick_device(args.device, quiet=True)
+    if args.smoke:
+        config = AutoencoderConfig(widths=(8, 8, 4), n_blocks=1)
+        batch, steps, repeats, warmup = 2, 1, 2, 1
+    else:
+        config = AutoencoderConfig()
+        batch = args.batch_size or (64 if device.type == "cuda" else 4)
+        steps, repeats, warmup = args.steps, args.repeats, args.warmup
+
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, PATCH, PATCH, device=device)
+    plain_model = Autoencoder(config).to(device).train()
+    arms: dict[str, Step] = {"plain fp32": plain_step(plain_model), "trainer": trainer_step(config, device)}
+    names = list(arms)
+
+    threads = torch.get_num_threads()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    extra = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({platform.processor() or platform.machine()})"
+    print(f"device: {device}{extra}, torch {torch.__version__}, {threads} threads, load average {load:.2f}")
+    print(f"model: AutoencoderConfig({'smoke' if args.smoke else 'default'}) widths={config.widths} "
+          f"n_blocks={config.n_blocks}, {count_parameters(plain_model):,} parameters; "
+          f"batch {batch}x3x{PATCH}x{PATCH}, {warmup} warm-up + {repeats} repeats x {steps} steps per arm")
+
+    for i in range(warmup):  # interleaved warm-up
+        for name in names if i % 2 == 0 else names[::-1]:
+            arms[name](x)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):  # interleaved, alternating order
+        for name in names if r % 2 == 0 else names[::-1]:
+            rates[name].append(batch * steps / time_steps(arms[name], x, steps))
+
+    flops = step_flops(config, device)
+    med = {name: statistics.median(v) for name, v in rates.items()}
+    unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
+    for name in names:
+        spread = f"{min(rates[name]):.2f}-{max(rates[name]):.2f}"
+        print(f"{name:>10}: {med[name]:8.2f} img/s median (range {spread}), "
+              f"{med[name] * flops / scale:.3g} {unit} achieved")
+    print(f"one step: {flops / 1e9:.1f} GFLOP per image (forward + backward, FlopCounterMode)")
+    ratio = med["trainer"] / med["plain fp32"]
+    print(f"speed-up trainer / plain fp32: {ratio:.2f}x (median img/s; target >= 1.3x on CPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
