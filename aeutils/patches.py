@@ -262,8 +262,13 @@ def plot_grid(
         finally:
             if s is not slide:
                 s.close()
+    if max(thumbnail.shape[:2]) > 1024:  # plenty for a figure; imshow of big arrays is slow
+        from PIL import Image
+
+        k = math.ceil(max(thumbnail.shape[:2]) / 1024)
+        thumbnail = np.asarray(Image.fromarray(thumbnail).reduce(k))
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 7 * thumbnail.shape[0] / thumbnail.shape[1] + 0.4))
+        _, ax = plt.subplots(figsize=(6, 6 * thumbnail.shape[0] / thumbnail.shape[1] + 0.3))
     sx, sy = thumbnail.shape[1] / w0, thumbnail.shape[0] / h0
     ax.imshow(thumbnail, interpolation="nearest")
     if mask is not None and mask.any() and not mask.all():
@@ -293,9 +298,9 @@ def _save_qc(plan: SlidePlan, path: Path) -> None:
 
     ax = plot_grid(plan, plan.cells)
     fig = ax.figure
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 

@@ -47,7 +47,7 @@ class Slide:
         try:
             self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError:
-            raise SlideError(f"{self.path}: not a slide format OpenSlide can read") from None
+            raise SlideError(f"{self.path}: {_unsupported_reason(self.path)}") from None
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
             raise SlideError(f"{self.path}: cannot open slide ({_one_line(exc)}); truncated or corrupt file?") from None
         try:
@@ -160,6 +160,24 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
 def open_slide(path: str | os.PathLike[str]) -> Slide:
     """Open a whole-slide image (any OpenSlide format). Raises :class:`SlideError` with the file named."""
     return Slide(path)
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _unsupported_reason(path: Path) -> str:
+    """Why OpenSlide refused ``path``: empty, a damaged TIFF, or not a slide at all."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})"
+    if size == 0:
+        return "empty file, not a slide"
+    if head in _TIFF_MAGIC:
+        return "TIFF file that OpenSlide cannot open (truncated or corrupt?)"
+    return "not a slide (OpenSlide does not recognise the format)"
 
 
 def _float_or_none(value: Any) -> float | None:

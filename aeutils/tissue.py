@@ -1,9 +1,9 @@
 """Tissue masks on a low-resolution thumbnail, and the tissue fraction of rectangles (grid cells).
 
 H&E tissue is coloured (pink/purple) while glass is white-grey and out-of-slide padding is black,
-so the mask thresholds the HSV *saturation* with Otsu's method (scikit-image), never below
-``min_saturation`` (a blank slide gives an empty mask instead of a noise mask), then removes small
-specks and fills small holes.
+so the mask thresholds the HSV *saturation* with Otsu's method (scikit-image), clipped to a range
+(0.07..0.2) so that a blank slide gives an empty mask and an all-tissue one a full mask, then removes
+small specks and fills small holes.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TissueMask", "tissue_mask", "detect_tissue"]
+__all__ = ["TissueMask", "saturation", "tissue_mask", "detect_tissue"]
 
 
 @dataclass(frozen=True)
@@ -60,25 +60,38 @@ class TissueMask:
         return inside / area
 
 
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation ``(max - min) / max`` of an H x W x 3 uint8 image, float32 in [0, 1] (0 where max is 0).
+
+    Same values as ``skimage.color.rgb2hsv(rgb)[..., 1]``, several times faster on large thumbnails.
+    """
+    hi = rgb.max(axis=2)
+    lo = rgb.min(axis=2)
+    out = np.zeros(hi.shape, dtype=np.float32)
+    np.divide((hi - lo).astype(np.float32), hi, out=out, where=hi > 0)
+    return out
+
+
 def tissue_mask(
     rgb: np.ndarray,
     *,
     min_saturation: float = 0.07,
+    max_saturation: float = 0.2,
     min_object_fraction: float = 1e-4,
     hole_fraction: float = 1e-3,
 ) -> tuple[np.ndarray, float]:
     """Tissue mask of an RGB thumbnail (H x W x 3 uint8): returns ``(mask H x W bool, threshold)``.
 
-    Otsu on HSV saturation (threshold at least ``min_saturation``); objects smaller than
+    Otsu on HSV saturation, clipped to ``[min_saturation, max_saturation]`` (blank glass gives an empty
+    mask, a slide that is all tissue a full one: Otsu alone would split either in two); objects smaller than
     ``min_object_fraction`` of the image are removed and holes smaller than ``hole_fraction`` filled.
     """
-    from skimage.color import rgb2hsv
     from skimage.filters import threshold_otsu
     from skimage.morphology import remove_small_holes, remove_small_objects
 
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
-    sat = rgb2hsv(rgb)[..., 1]
+    sat = saturation(rgb)
     # Nearly black pixels (out-of-slide padding, pen) have unreliable saturation: not tissue.
     dark = rgb.max(axis=2) < 30
     sat = np.where(dark, 0.0, sat)
@@ -86,7 +99,7 @@ def tissue_mask(
         otsu = float(threshold_otsu(sat))
     except ValueError:  # constant image
         otsu = 1.0
-    threshold = max(otsu, min_saturation)
+    threshold = min(max(otsu, min_saturation), max_saturation)
     mask = sat > threshold
     n = mask.size
     min_obj = max(1, int(round(min_object_fraction * n)))
