@@ -430,7 +430,8 @@ class Explorer:
     """An ipywidgets explorer of a batch of patches through an autoencoder.
 
     ``patches``: a tensor (Nx3xSxS in [0, 1]), an extraction folder (manifest.csv), a folder of
-    images, or None for the held-out patches of the bundled sample slide. ``model``: an
+    images, None for the held-out patches of the bundled sample slide, or an :class:`Encoded`
+    from :func:`encode_batch` (then ``model`` is not used). At most ``n`` patches. ``model``: an
     :class:`~aeutils.model.Autoencoder`, a checkpoint path, or None for the shipped model.
     Everything is encoded once up front; moving a control only re-renders one reused figure into
     ``image`` (an ``ipywidgets.Image``): no flicker, no new figures.
@@ -446,7 +447,7 @@ class Explorer:
 
     def __init__(
         self,
-        patches: "torch.Tensor | str | os.PathLike[str] | None" = None,
+        patches: "torch.Tensor | str | os.PathLike[str] | Encoded | None" = None,
         model: "Autoencoder | str | os.PathLike[str] | None" = None,
         *,
         n: int = 16,
@@ -459,11 +460,18 @@ class Explorer:
 
         from aeutils.model import STAGES
 
-        self.model = _load_model(model)
-        x, self.mpp = _load_patches(patches, n, size, mpp)
-        if x.shape[0] == 0:
-            raise PatchError("no patches to explore")
-        self.encoded = encode_batch(self.model, x, features=True)
+        if isinstance(patches, Encoded):  # already encoded (e.g. in a notebook): reuse, don't recompute
+            self.model, self.mpp = model, mpp
+            self.encoded = patches
+            if "latent" not in self.encoded.features:
+                self.encoded.features = {**self.encoded.features, "latent": self.encoded.latent}
+        else:
+            self.model = _load_model(model)
+            x, self.mpp = _load_patches(patches, n, size, mpp)
+            if x.shape[0] == 0:
+                raise PatchError("no patches to explore")
+            self.encoded = encode_batch(self.model, x, features=True)
+        x = self.encoded.inputs
         self.panel = PatchPanel(size_px=size_px)
         self.renders = 0
         n_items = x.shape[0]

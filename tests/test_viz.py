@@ -192,7 +192,7 @@ def test_panel_reports_metrics(tiny_model: Autoencoder, patches: "torch.Tensor")
 # ------------------------------------------------------------------------------------------- explorer
 @pytest.fixture()
 def explorer(tiny_model: Autoencoder, patches: "torch.Tensor") -> "viz.Explorer":
-    return viz.Explorer(patches, tiny_model, mpp=0.5)
+    return viz.Explorer(patches, tiny_model, mpp=0.5, size_px=(500, 160))  # small: 100 renders stay quick
 
 
 def test_explorer_controls_redraw(explorer: "viz.Explorer") -> None:
@@ -327,3 +327,12 @@ def test_figures_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_import_aeutils_does_not_import_viz() -> None:
     code = "import sys, aeutils; assert 'aeutils.viz' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_explorer_reuses_an_encoded_batch(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
+    e = viz.encode_batch(tiny_model, patches[:2])  # no features: only the latent is offered
+    ex = viz.Explorer(e, mpp=0.499)
+    assert ex.encoded is e and list(ex.stage.options) == ["latent"]
+    before = bytes(ex.image.value)
+    ex.index.value = 1
+    assert bytes(ex.image.value) != before
