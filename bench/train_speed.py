@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per arm (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per arm (default 1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: aeutils.device.pick_device)")
-    parser.add_argument("--smoke", action="store_true", help="tiny model and batch, 1 repeat: a seconds-long check")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 2 repeats: a seconds-long check of the script")
     args = parser.parse_args(argv)
 
     from aeutils.device import pick_device
