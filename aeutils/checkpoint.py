@@ -56,18 +56,19 @@ class Checkpoint:
 
 
 def _versions() -> dict[str, str]:
-    import numpy
-    import torchvision
+    """Library versions for the metadata (from the installed distributions: nothing is imported)."""
+    from importlib import metadata
 
     import aeutils
 
-    return {
-        "aeutils": str(aeutils.__version__),
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "numpy": str(numpy.__version__),
-        "python": str(platform.python_version()),
-    }
+    found = {"aeutils": str(aeutils.__version__), "torch": str(torch.__version__)}
+    for dist in ("torchvision", "numpy"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover - both are dependencies
+            found[dist] = "not installed"
+    found["python"] = platform.python_version()
+    return found
 
 
 def _unwrap(model: torch.nn.Module) -> Autoencoder:
