@@ -1,0 +1,490 @@
+"""The encoder as a histology perceptual loss (:class:`EncodingLoss`), the ImageNet-VGG19 baseline it
+replaces (:class:`VGGContentLoss`), and the evidence for it (:func:`sensitivity_table`).
+
+Super-resolution networks for H&E slides are usually scored with VGG19 features trained on ImageNet
+photographs. :class:`EncodingLoss` compares images through the frozen encoder of an autoencoder trained on
+H&E patches instead: same call convention (``loss = L(pred, target)``, RGB in [0, 1], Nx3xHxW, scalar out).
+
+:func:`sensitivity_table` measures how a loss responds to graded degradations an SR model must fix (blur,
+bicubic down-up, noise) versus nuisances it should not be punished for (a 1-pixel shift, a few percent
+brightness, a slight stain shift); ``bench/loss_sensitivity.py`` and notebook 05 print it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aeutils.errors import CheckpointError
+from aeutils.model import STAGES, Autoencoder, check_size
+
+#: default tap weights: the two residual stages carry the texture/detail information; stage3 and the
+#: one-channel latent add little separation (see ``bench/loss_sensitivity.py`` and notebook 05)
+DEFAULT_LAYER_WEIGHTS: dict[str, float] = {"stage1": 1.0, "stage2": 1.0, "stage3": 0.0, "latent": 0.0}
+CRITERIA = ("l1", "l2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: VGG19 ``features[:12]`` ends at relu3_1, the layer the original SRGAN code used
+VGG_LAYERS = 12
+
+
+def _pointwise(criterion: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if criterion == "l1":
+        return lambda a, b: (a - b).abs()
+    if criterion == "l2":
+        return lambda a, b: (a - b).square()
+    raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.ndim != 4 or pred.shape[1] != 3:
+        raise ValueError(f"expected pred as an Nx3xHxW RGB batch in [0, 1], got shape {tuple(pred.shape)}")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+
+
+def _fuse_conv_bn(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` into
+    that conv (exact in eval mode; fewer passes over memory). Works in place on a copy; returns it."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for child in module.modules():
+        if isinstance(child, nn.Sequential):
+            for i in range(len(child) - 1):
+                conv, bn = child[i], child[i + 1]
+                if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+                    child[i] = fuse_conv_bn_eval(conv, bn)
+                    child[i + 1] = nn.Identity()
+    return module
+
+
+class _Frozen(nn.Module):
+    """Mixin behaviour: always eval mode, no trainable parameters."""
+
+    def _freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "_Frozen":
+        """Ignored: a frozen loss stays in eval mode (BatchNorm never uses batch statistics), even
+        when the SR model that owns it calls ``.train()``."""
+        return super().train(False)
+
+
+class EncodingLoss(_Frozen):
+    """Perceptual loss through the frozen encoder of an mscopy-AE autoencoder.
+
+    ``loss = EncodingLoss()(pred, target)``: ``pred`` and ``target`` are Nx3xHxW RGB in [0, 1] with
+    H, W = 4k+1 pixels (65, 93, 181, ...; other sizes raise ``ValueError`` naming the nearest valid
+    ones), the result is a scalar: ``weight * sum_k layer_weights[k] * mean(|f_k(pred) - f_k(target)|)``
+    (``criterion="l2"``: squared) over the taps ``k`` in ``("stage1", "stage2", "stage3", "latent")``
+    (ends of the encoder's residual stages at 1/2 and 1/4 resolution, and the 1-channel latent).
+
+    Args:
+        model: an :class:`~aeutils.model.Autoencoder`; default: the shipped model
+            (:func:`aeutils.checkpoint.load_pretrained`), unless ``checkpoint`` is given.
+        checkpoint: path of an mscopy-AE checkpoint to use instead.
+        layer_weights: tap name -> weight; missing taps weigh 0. Default :data:`DEFAULT_LAYER_WEIGHTS`.
+        criterion: ``"l1"`` or ``"l2"``.
+        weight: overall factor.
+        normalize: divide each channel of each tap by that channel's standard deviation over the
+            target batch (detached), so every channel counts alike whatever its activation scale.
+        reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image, shape N).
+        fuse: fold BatchNorm into the preceding convolutions of the (copied) encoder: same values,
+            faster. The model passed in is never modified.
+
+    Frozen: eval mode always (``train()`` is a no-op), no trainable parameters, target features are
+    computed under ``torch.no_grad()``; gradients flow to ``pred`` only.
+
+    BasicSR-style use (its SR models call ``cri_perceptual(output, gt)`` and expect a
+    ``(perceptual, style)`` pair); put this in a module imported before the model is built::
+
+        from basicsr.utils.registry import LOSS_REGISTRY
+        from aeutils.loss import EncodingLoss
+
+        @LOSS_REGISTRY.register()
+        class HistoEncodingLoss(EncodingLoss):
+            def __init__(self, perceptual_weight=1.0, criterion="l1", checkpoint=None):
+                super().__init__(checkpoint=checkpoint, criterion=criterion, weight=perceptual_weight)
+
+            def forward(self, x, gt):
+                return super().forward(x.clamp(0, 1), gt), None
+
+    and in the options YAML (train section), instead of ``PerceptualLoss``::
+
+        perceptual_opt:
+          type: HistoEncodingLoss
+          perceptual_weight: 1.0
+          criterion: l1
+    """
+
+    def __init__(
+        self,
+        model: Autoencoder | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        layer_weights: Mapping[str, float] | None = None,
+        criterion: str = "l1",
+        weight: float = 1.0,
+        normalize: bool = False,
+        reduction: str = "mean",
+        fuse: bool = True,
+    ) -> None:
+        super().__init__()
+        if model is not None and checkpoint is not None:
+            raise ValueError("give either model= or checkpoint=, not both")
+        if model is None:
+            from aeutils.checkpoint import load_model, load_pretrained
+
+            model = load_model(checkpoint) if checkpoint is not None else load_pretrained()
+        inner = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+        if not isinstance(inner, Autoencoder):
+            raise TypeError(f"model must be an aeutils Autoencoder, got {type(inner).__name__}")
+        lw = dict(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)
+        unknown = sorted(set(lw) - set(STAGES))
+        if unknown:
+            raise ValueError(f"unknown layer_weights taps {unknown}; taps are {list(STAGES)}")
+        self.layer_weights = {k: float(lw.get(k, 0.0)) for k in STAGES}
+        if not any(self.layer_weights.values()):
+            raise ValueError("layer_weights: at least one tap needs a non-zero weight")
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        self._pointwise = _pointwise(criterion)
+        self.criterion, self.weight, self.normalize, self.reduction = criterion, float(weight), bool(normalize), reduction
+        encoder = copy.deepcopy(inner.encoder).float().eval()
+        self.encoder = _fuse_conv_bn(encoder) if fuse else encoder
+        self.register_buffer("mean", inner.mean.detach().clone().float(), persistent=False)
+        self.register_buffer("std", inner.std.detach().clone().float(), persistent=False)
+        #: index of the deepest tap with a non-zero weight: the encoder stops there in forward()
+        self._depth = max(i for i, k in enumerate(STAGES) if self.layer_weights[k]) + 1
+        self._freeze()
+
+    def extra_repr(self) -> str:
+        return f"layer_weights={self.layer_weights}, criterion={self.criterion!r}, weight={self.weight}, normalize={self.normalize}"
+
+    def _taps(self, x: torch.Tensor, depth: int) -> dict[str, torch.Tensor]:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an Nx3xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}")
+        check_size(x.shape[-2], x.shape[-1])
+        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        out: dict[str, torch.Tensor] = {}
+        for name, stage in zip(STAGES[:depth], self.encoder):
+            h = stage(h)
+            out[name] = h
+        return out
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All four taps of ``x`` (Nx3xHxW RGB in [0, 1]), keyed by :data:`aeutils.model.STAGES`;
+        for H = W = 181: stage1 Nx64x91x91, stage2 Nx32x46x46, stage3 Nx8x46x46, latent Nx1x46x46.
+        Differentiable w.r.t. ``x``."""
+        return self._taps(x, len(STAGES))
+
+    def compare(self, pred_feats: Mapping[str, torch.Tensor], target_feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The loss per image (shape N, before ``weight``) from two feature dicts of :meth:`features`."""
+        total: torch.Tensor | None = None
+        for name, w in self.layer_weights.items():
+            if not w:
+                continue
+            a, b = pred_feats[name], target_feats[name]
+            if self.normalize:
+                scale = b.detach().std(dim=(0, 2, 3), keepdim=True) + 1e-4
+                a, b = a / scale, b / scale
+            term = w * self._pointwise(a, b).flatten(1).mean(1)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss (or per-image, ``reduction="none"``) between ``pred`` and ``target``."""
+        _check_pair(pred, target)
+        with torch.no_grad():
+            target_feats = self._taps(target.detach(), self._depth)
+        per_image = self.compare(self._taps(pred, self._depth), target_feats) * self.weight
+        return per_image.mean() if self.reduction == "mean" else per_image
+
+
+class VGGContentLoss(_Frozen):
+    """The baseline :class:`EncodingLoss` replaces: ImageNet-VGG19 ``features[:12]`` (up to relu3_1,
+    the original SRGAN code's content layer), ImageNet normalisation inside, same call convention:
+    ``loss = VGGContentLoss(weights=path)(pred, target)``, Nx3xHxW RGB in [0, 1] (H, W >= 4), scalar.
+
+    Args:
+        weights: a LOCAL file holding a VGG19 state dict (torchvision's ``vgg19-dcbb9e9d.pth`` with
+            ``features.N.*`` keys, or just the ``features`` part with ``N.*`` keys). Nothing is ever
+            downloaded; a missing or wrong file raises :class:`~aeutils.errors.CheckpointError` naming it.
+        random_weights: explicitly use random initialisation instead (for timing only).
+        criterion: ``"l2"`` (SRGAN's MSE, default) or ``"l1"``.
+        weight: overall factor.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike[str] | None = None,
+        *,
+        random_weights: bool = False,
+        criterion: str = "l2",
+        weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        import torchvision
+
+        if weights is None and not random_weights:
+            raise CheckpointError(
+                "VGGContentLoss needs a local VGG19 weights file (weights=path/to/vgg19-dcbb9e9d.pth); "
+                "nothing is downloaded. Pass random_weights=True only for timing."
+            )
+        if weights is not None and random_weights:
+            raise ValueError("give either weights= or random_weights=True, not both")
+        self.features = torchvision.models.vgg19(weights=None).features[:VGG_LAYERS]
+        if weights is not None:
+            self._load(Path(weights))
+        self._pointwise = _pointwise(criterion)
+        self.criterion, self.weight = criterion, float(weight)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._freeze()
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such VGG19 weights file (give a local torchvision vgg19 state dict)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path}: not a readable VGG19 state dict ({first[:120]})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: expected a VGG19 state dict, found {type(state).__name__}")
+        if any(str(k).startswith("features.") for k in state):
+            state = {k[len("features."):]: v for k, v in state.items() if str(k).startswith("features.")}
+        own = self.features.state_dict()
+        missing = sorted(set(own) - set(state))
+        wrong = [k for k in own if k in state and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
+        if missing or wrong:
+            what = f"missing {missing[:3]}" if missing else f"shape mismatch at {wrong[0]}"
+            raise CheckpointError(f"{path}: not VGG19 weights ({what})")
+        self.features.load_state_dict({k: state[k] for k in own})
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar: ``weight * mean(crit(vgg(pred), vgg(target)))``."""
+        _check_pair(pred, target)
+        if min(pred.shape[-2:]) < 4:
+            raise ValueError(f"VGGContentLoss needs images of at least 4x4 pixels, got {tuple(pred.shape[-2:])}")
+        with torch.no_grad():
+            ft = self.features((target.detach() - self.mean) / self.std)
+        fp = self.features((pred - self.mean) / self.std)
+        return self._pointwise(fp, ft).mean() * self.weight
+
+
+# --------------------------------------------------------------------------------------------------
+# Evidence: does a loss respond to lost detail more than to nuisances?
+# --------------------------------------------------------------------------------------------------
+
+#: degradations an SR model must fix: name -> severity grades (blur: Gaussian sigma in pixels;
+#: down-up: bicubic antialiased downscale factor then bicubic back up; noise: Gaussian std on [0, 1])
+DETAIL_GRADES: dict[str, tuple[float, ...]] = {
+    "blur": (0.5, 1.0, 1.5, 2.0),
+    "down-up": (2.0, 3.0, 4.0),
+    "noise": (0.01, 0.02, 0.04, 0.08),
+}
+#: nuisances it should not be punished for (shift: pixels, right; brightness: relative change, both
+#: signs; stain: relative haematoxylin up / eosin down in HED space, skimage.color.rgb2hed)
+NUISANCE_GRADES: dict[str, tuple[float, ...]] = {
+    "shift": (1.0, 2.0),
+    "brightness": (-0.04, -0.02, 0.02, 0.04),
+    "stain": (0.05, 0.1),
+}
+
+
+def degrade(patches: torch.Tensor, name: str, grade: float, margin: int, seed: int = 0) -> torch.Tensor:
+    """Apply one degradation/nuisance to Nx3x(S+2m)x(S+2m) patches in [0, 1] and return the central
+    Nx3xSxS crop (``m = margin`` pixels; the margin keeps borders out: a shift brings real pixels in)."""
+    import torchvision.transforms.functional as TF
+
+    n, _, h, w = patches.shape
+    x = patches
+    if name == "blur":
+        radius = max(1, math.ceil(3 * grade))
+        x = TF.gaussian_blur(x, [2 * radius + 1] * 2, [float(grade)] * 2)
+    elif name == "down-up":
+        small = (max(1, round(h / grade)), max(1, round(w / grade)))
+        x = F.interpolate(x, size=small, mode="bicubic", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    elif name == "noise":
+        g = torch.Generator().manual_seed(seed)
+        x = (x + grade * torch.randn(x.shape, generator=g).to(x)).clamp(0, 1)
+    elif name == "shift":
+        s = int(grade)
+        if s > margin:
+            raise ValueError(f"shift {s} px needs margin >= {s}")
+        return x[:, :, margin : h - margin, margin - s : w - margin - s]
+    elif name == "brightness":
+        x = (x * (1 + grade)).clamp(0, 1)
+    elif name == "stain":
+        from skimage.color import hed2rgb, rgb2hed
+
+        arr = x.permute(0, 2, 3, 1).cpu().double().numpy()
+        out = np.empty_like(arr)
+        for i in range(n):  # add the change only: skimage's rgb2hed -> hed2rgb round trip is not exact
+            hed = rgb2hed(arr[i])
+            shifted = hed * np.array([1 + grade, 1 - grade, 1.0])
+            out[i] = hed2rgb(shifted) - hed2rgb(hed)
+        x = (x + torch.from_numpy(out).permute(0, 3, 1, 2).to(patches)).clamp(0, 1)
+    else:
+        raise ValueError(f"unknown degradation {name!r}")
+    return x[:, :, margin : h - margin, margin : w - margin]
+
+
+@dataclass
+class SensitivityResult:
+    """Responses of several losses to graded degradations and nuisances.
+
+    ``per_image[loss][(condition, grade)]`` is a length-N numpy array (the loss between the degraded
+    and the clean crop of each patch); ``kinds[condition]`` is ``"detail"`` or ``"nuisance"``.
+    """
+
+    per_image: dict[str, dict[tuple[str, float], np.ndarray]]
+    kinds: dict[str, str]
+    n_patches: int
+    size: int
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def mean(self, loss: str, condition: str, grade: float) -> float:
+        """Mean response of ``loss`` to one condition at one grade."""
+        return float(self.per_image[loss][(condition, grade)].mean())
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per loss: ``spearman:<degradation>`` (mean over patches of Spearman's rho between severity
+        and response; 1 = always monotone), ``ratio`` (geometric mean of the mean detail responses /
+        geometric mean of the mean nuisance responses: scale-free, every condition counts alike),
+        ``worst`` (mildest detail response / strongest nuisance response; > 1 means even the
+        mildest degradation costs more than any nuisance) and ``auc`` (probability, over images and
+        all detail x nuisance condition pairs, that the detail response is the larger)."""
+        from scipy.stats import spearmanr
+
+        out: dict[str, dict[str, float]] = {}
+        for loss, table in self.per_image.items():
+            row: dict[str, float] = {}
+            for cond, kind in self.kinds.items():
+                if kind != "detail":
+                    continue
+                grades = sorted(g for c, g in table if c == cond)
+                if len(grades) < 2:
+                    continue
+                resp = np.stack([table[(cond, g)] for g in grades], 1)  # N x grades
+                rhos = [spearmanr(grades, r).statistic for r in resp]
+                row[f"spearman:{cond}"] = float(np.nanmean(rhos)) if not np.all(np.isnan(rhos)) else float("nan")
+            det = {k: v for k, v in table.items() if self.kinds[k[0]] == "detail"}
+            nui = {k: v for k, v in table.items() if self.kinds[k[0]] == "nuisance"}
+            dm = np.array([v.mean() for v in det.values()])
+            nm = np.array([v.mean() for v in nui.values()])
+            tiny = 1e-30
+            row["ratio"] = float(np.exp(np.log(dm + tiny).mean() - np.log(nm + tiny).mean()))
+            row["worst"] = float(dm.min() / max(nm.max(), tiny))
+            d = np.stack(list(det.values()), 1)  # N x D
+            u = np.stack(list(nui.values()), 1)  # N x U
+            row["auc"] = float((d[:, :, None] > u[:, None, :]).mean() + 0.5 * (d[:, :, None] == u[:, None, :]).mean())
+            out[loss] = row
+        return out
+
+    def to_text(self) -> str:
+        """Two plain-text tables: the summary per loss, then each loss's mean response per condition
+        divided by its geometric-mean nuisance response (so the losses read on one scale)."""
+        summ = self.summary()
+        losses = list(self.per_image)
+        wid = max(12, *(len(s) for s in losses)) + 1
+        cols = [k for k in next(iter(summ.values()))]
+        lines = [f"{self.n_patches} held-out patches, {self.size} px; "
+                 "ratio/worst/auc: higher = separates lost detail from nuisances better"]
+        lines.append("loss".ljust(wid) + "".join(c.replace("spearman:", "rho ").rjust(13) for c in cols))
+        for loss in losses:
+            lines.append(loss.ljust(wid) + "".join(f"{summ[loss][c]:13.3f}" for c in cols))
+        lines.append("")
+        conds = list(next(iter(self.per_image.values())))
+        lines.append("response / geometric-mean nuisance response (per loss)")
+        head = [f"{c} {g:g}" for c, g in conds]
+        lines.append("condition".ljust(16) + "".join(s[:wid].rjust(wid) for s in losses))
+        for (c, g), label in zip(conds, head):
+            cells = []
+            for loss in losses:
+                table = self.per_image[loss]
+                nm = np.array([v.mean() for k, v in table.items() if self.kinds[k[0]] == "nuisance"])
+                ref = float(np.exp(np.log(nm + 1e-30).mean()))
+                cells.append(f"{table[(c, g)].mean() / ref:{wid}.3g}")
+            lines.append(f"{self.kinds[c][0]} {label}".ljust(16) + "".join(cells))
+        for k, v in self.notes.items():
+            lines.append(f"{k}: {v}")
+        return "\n".join(lines)
+
+
+def default_variants() -> dict[str, dict[str, Any]]:
+    """EncodingLoss settings compared by :func:`sensitivity_table`: the default, each tap alone,
+    and the default with per-channel normalisation."""
+    variants: dict[str, dict[str, Any]] = {"": {}}
+    for tap in STAGES:
+        variants[f":{tap}"] = {"layer_weights": {tap: 1.0}}
+    variants[":all"] = {"layer_weights": {k: 1.0 for k in STAGES}}
+    variants[":norm"] = {"normalize": True}
+    variants[":all+norm"] = {"layer_weights": {k: 1.0 for k in STAGES}, "normalize": True}
+    return variants
+
+
+def sensitivity_table(
+    patches: torch.Tensor,
+    encoders: Mapping[str, Autoencoder],
+    *,
+    margin: int = 4,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+    detail: Mapping[str, tuple[float, ...]] | None = None,
+    nuisance: Mapping[str, tuple[float, ...]] | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> SensitivityResult:
+    """Responses of pixel MSE and of :class:`EncodingLoss` on each encoder (``{"trained": model,
+    "random": control}``) in each of ``variants`` (name suffix -> EncodingLoss kwargs; default
+    :func:`default_variants`) to :data:`DETAIL_GRADES` and :data:`NUISANCE_GRADES`.
+
+    ``patches``: Nx3x(S+2*margin)x(S+2*margin) RGB in [0, 1] (e.g. ``sample_patches(n, 181 + 8,
+    split="val")``); losses are computed on the central SxS crops (S = 4k+1). Features of each
+    degraded batch are computed once per encoder and shared by its variants.
+    """
+    detail = dict(DETAIL_GRADES if detail is None else detail)
+    nuisance = dict(NUISANCE_GRADES if nuisance is None else nuisance)
+    variants = dict(default_variants() if variants is None else variants)
+    size = patches.shape[-1] - 2 * margin
+    check_size(patches.shape[-2] - 2 * margin, size)
+    kinds = {**{k: "detail" for k in detail}, **{k: "nuisance" for k in nuisance}}
+    conds = [(c, float(g)) for c, gs in {**detail, **nuisance}.items() for g in gs]
+    losses = {f"{enc}{suffix}": EncodingLoss(model=model, reduction="none", **kw)
+              for enc, model in encoders.items() for suffix, kw in variants.items()}
+    per_image: dict[str, dict[tuple[str, float], list[np.ndarray]]] = {
+        name: {c: [] for c in conds} for name in ["pixel MSE", *losses]}
+    clean_all = patches[:, :, margin : margin + size, margin : margin + size]
+    with torch.no_grad():
+        for start in range(0, len(patches), batch_size):
+            batch = patches[start : start + batch_size].float()
+            clean = clean_all[start : start + batch_size].float()
+            first = next(iter(variants))
+            clean_feats = {enc: losses[f"{enc}{first}"].features(clean) for enc in encoders}
+            for ci, (c, g) in enumerate(conds):
+                bad = degrade(batch, c, g, margin, seed=seed + 1000 * ci + start)
+                per_image["pixel MSE"][(c, g)].append((bad - clean).square().flatten(1).mean(1).numpy())
+                for enc in encoders:
+                    feats = losses[f"{enc}{first}"].features(bad)
+                    for suffix in variants:
+                        loss = losses[f"{enc}{suffix}"]
+                        per_image[f"{enc}{suffix}"][(c, g)].append(
+                            (loss.compare(feats, clean_feats[enc]) * loss.weight).numpy())
+    return SensitivityResult(
+        per_image={k: {c: np.concatenate(v) for c, v in t.items()} for k, t in per_image.items()},
+        kinds=kinds, n_patches=len(patches), size=size)
