@@ -142,6 +142,11 @@ def describe_scale(shape: Sequence[int], mpp: float | None, stride: int = 1) -> 
     return f"{dims} px, {px:.4g} \u00b5m/px ({side:.0f} \u00b5m wide)"
 
 
+def _two_lines(scale: str) -> str:
+    """'3x181x181 px, 0.499 um/px (90 um wide)' -> shape and pixel size on two lines (panel titles)."""
+    return scale.replace(", ", "\n", 1)
+
+
 # --------------------------------------------------------------------------------------------- model
 @dataclass
 class Encoded:
@@ -347,10 +352,10 @@ class PatchPanel:
     one Agg render. The figure is not a pyplot figure: nothing to close, nothing leaks.
     """
 
-    def __init__(self, size_px: tuple[int, int] = (1000, 320), error_max: float = 0.25) -> None:
+    def __init__(self, size_px: tuple[int, int] = (1000, 340), error_max: float = 0.25) -> None:
         self.error_max = error_max
         self.figure = _new_figure(size_px)
-        axes = self.figure.subplots(1, 4, gridspec_kw={"left": 0.01, "right": 0.95, "bottom": 0.02, "top": 0.76, "wspace": 0.08})
+        axes = self.figure.subplots(1, 4, gridspec_kw={"left": 0.01, "right": 0.95, "bottom": 0.02, "top": 0.74, "wspace": 0.08})
         self.axes = list(axes)
         blank_rgb, blank = np.zeros((5, 5, 3)), np.zeros((5, 5))
         self._im = [
@@ -361,10 +366,10 @@ class PatchPanel:
         ]
         for ax in axes:
             ax.set_axis_off()
-        cax = self.figure.add_axes((0.955, 0.08, 0.01, 0.62))
+        cax = self.figure.add_axes((0.955, 0.06, 0.01, 0.62))
         self.figure.colorbar(self._im[3], cax=cax)
         cax.tick_params(labelsize=7)
-        self._suptitle = self.figure.suptitle("", fontsize=11, y=0.98)
+        self._suptitle = self.figure.suptitle("", fontsize=11, y=0.985)
 
     def update(
         self,
@@ -388,8 +393,8 @@ class PatchPanel:
             ax.set_ylim(ax.images[0].get_array().shape[0] - 0.5, -0.5)
         self.axes[0].set_title(input_title, fontsize=9)
         self.axes[1].set_title(encoding_title, fontsize=9)
-        self.axes[2].set_title("reconstruction\n(same shape as the input)", fontsize=9)
-        self.axes[3].set_title(f"|error|, mean over RGB\n(max {err.max():.2f})", fontsize=9)
+        self.axes[2].set_title("reconstruction\nsame shape as the input\nRGB in [0, 1]", fontsize=9)
+        self.axes[3].set_title(f"|error|, mean over RGB\nper pixel, max {err.max():.2f}\n(colour scale 0-{self.error_max:g})", fontsize=9)
         self._suptitle.set_text(f"{title}PSNR {psnr_db:.2f} dB, SSIM {ssim_value:.3f}")
         return self.figure
 
@@ -420,8 +425,8 @@ def patch_panel(
         y,
         psnr_db=p,
         ssim_value=s,
-        input_title=f"input\n{describe_scale(x.shape, mpp)}",
-        encoding_title=f"encoding, {view}\n{describe_scale(z.shape, mpp, ENCODING_STRIDE)}",
+        input_title=f"input\n{_two_lines(describe_scale(x.shape, mpp))}",
+        encoding_title=f"encoding, {view}\n{_two_lines(describe_scale(z.shape, mpp, ENCODING_STRIDE))}",
     )
 
 
@@ -454,7 +459,7 @@ class Explorer:
         size: int = 181,
         mpp: float | None = None,
         view: str = "raw",
-        size_px: tuple[int, int] = (1000, 320),
+        size_px: tuple[int, int] = (1000, 340),
     ) -> None:
         import ipywidgets as w
 
@@ -482,8 +487,8 @@ class Explorer:
             style=style, layout=wide, tooltip="patch index (arrow keys move by one)",
         )
         self.view = w.ToggleButtons(
-            options=[(VIEW_LABELS[v].split(" (")[0], v) for v in VIEWS], value=view, description="view",
-            tooltips=[VIEW_LABELS[v] for v in VIEWS], style={"description_width": "90px", "button_width": "150px"},
+            options=[(VIEW_LABELS[v].split(" (")[0], v) for v in VIEWS], value=view,
+            tooltips=[VIEW_LABELS[v] for v in VIEWS], style={"button_width": "170px"},
         )
         self.percentiles = w.FloatRangeSlider(
             value=(2.0, 98.0), min=0.0, max=100.0, step=0.5, description="percentiles", continuous_update=False,
@@ -501,7 +506,7 @@ class Explorer:
             [
                 w.HTML(f"<b>Encoding explorer</b>: {n_items} patches, {describe_scale(x.shape[1:], self.mpp)}"),
                 self.index,
-                self.view,
+                w.HBox([w.Label("view", layout=w.Layout(width="90px")), self.view]),
                 self.percentiles,
                 w.HBox([self.stage, self.channel]),
                 self.image,
@@ -540,7 +545,7 @@ class Explorer:
         shape = tuple(self.encoded.features[stage].shape[1:])
         what = "encoding" if stage == "latent" else f"{stage} channel {c}"
         scale = describe_scale(shape, self.mpp, STAGE_STRIDE[stage])
-        return encoding_view(fmap, self.view.value, low, high), f"{what}, {self.view.value}\n{scale}"
+        return encoding_view(fmap, self.view.value, low, high), f"{what}, {self.view.value}\n{_two_lines(scale)}"
 
     def redraw(self) -> bytes:
         """Re-render the panel for the current control values into ``image``; returns the PNG."""
@@ -550,7 +555,7 @@ class Explorer:
         self.panel.update(
             e.inputs[i], view_map, e.outputs[i],
             psnr_db=float(e.psnr[i]), ssim_value=float(e.ssim[i]),
-            input_title=f"input\n{describe_scale(e.inputs.shape[1:], self.mpp)}",
+            input_title=f"input\n{_two_lines(describe_scale(e.inputs.shape[1:], self.mpp))}",
             encoding_title=enc_title,
             title=f"patch {i + 1}/{e.inputs.shape[0]}: ",
         )

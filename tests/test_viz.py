@@ -181,7 +181,7 @@ def test_panel_reports_metrics(tiny_model: Autoencoder, patches: "torch.Tensor")
     text = fig._suptitle.get_text()
     assert f"PSNR {float(psnr(e.outputs, e.inputs)[0]):.2f} dB" in text and "SSIM" in text
     assert len(fig.axes) == 5  # four panels + the error colour bar
-    assert "1x46x46 px, 1.996" in fig.axes[1].get_title()
+    assert "1x46x46 px\n1.996 \u00b5m/px" in fig.axes[1].get_title()
     # a perfect reconstruction: zero error map, infinite PSNR, SSIM 1
     perfect = viz.patch_panel(patches[0], e.latent[0], patches[0])
     assert "PSNR inf dB, SSIM 1.000" in perfect._suptitle.get_text()
@@ -226,7 +226,7 @@ def test_explorer_controls_redraw(explorer: "viz.Explorer") -> None:
     changed()
     ex.channel.value = 5
     changed()
-    assert "stage1 channel 5" in ex.panel.axes[1].get_title() and "8x91x91 px, 1 \u00b5m/px" in ex.panel.axes[1].get_title()
+    assert "stage1 channel 5" in ex.panel.axes[1].get_title() and "8x91x91 px\n1 \u00b5m/px" in ex.panel.axes[1].get_title()
     ex.stage.value = "stage3"  # 4 channels: the channel is clamped
     assert ex.channel.max == 3 and ex.channel.value == 3
     ex.stage.value = "latent"
