@@ -253,9 +253,9 @@ def _load_patches(
         if mpp is None and source.is_dir():
             mpp = _manifest_mpp(source)
         return data.load_patches(source, n=n, size=size), mpp
-    if patches.ndim != 4 or patches.shape[1] != 3:
-        raise PatchError(f"expected an Nx3xSxS tensor of RGB patches in [0, 1], got shape {tuple(patches.shape)}")
-    return patches[:n], mpp
+    from aeutils import data
+
+    return data.load_patches(patches, n=n, size=size), mpp  # also 3xHxW, uint8 0-255, centre crop
 
 
 # --------------------------------------------------------------------------------------------- grids

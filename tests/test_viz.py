@@ -276,6 +276,21 @@ def test_explorer_from_checkpoint_and_folder(tiny_ckpt: Path, patches: "torch.Te
     torch.testing.assert_close(ex.encoded.inputs, patches[:3], atol=1 / 255, rtol=0)
 
 
+def test_explorer_on_an_extraction_folder(tiny_model: Autoencoder, patches: "torch.Tensor", tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "normal").mkdir()
+    rows = ["path,slide,level,x,y,size,mpp,tissue_fraction,tumour_fraction,label"]
+    for i, p in enumerate(patches[:2]):
+        name = f"normal/s_{i * 181}_0.png"
+        Image.fromarray((p.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / name)
+        rows.append(f"{name},s,1,{i * 362},0,181,0.998,1.0,0.0,normal")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    ex = viz.Explorer(tmp_path, tiny_model)
+    assert ex.index.max == 1 and ex.mpp == pytest.approx(0.998)  # level 1: the manifest's pixel size
+    assert "0.998 \u00b5m/px" in ex.panel.axes[0].get_title() and "3.992 \u00b5m/px" in ex.panel.axes[1].get_title()
+
+
 def test_explorer_defaults_to_shipped_model_and_sample(tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MSCOPY_PRETRAINED", str(tiny_ckpt))
     ex = viz.Explorer(n=2)
@@ -287,7 +302,7 @@ def test_explorer_defaults_to_shipped_model_and_sample(tiny_ckpt: Path, monkeypa
 def test_explorer_rejects_bad_tensor(tiny_model: Autoencoder) -> None:
     from aeutils.errors import PatchError
 
-    with pytest.raises(PatchError, match="Nx3xSxS"):
+    with pytest.raises(PatchError, match="Nx3xHxW"):
         viz.Explorer(torch.rand(2, 1, 181, 181), tiny_model)
 
 
