@@ -235,8 +235,6 @@ class VGGContentLoss(_Frozen):
         weight: float = 1.0,
     ) -> None:
         super().__init__()
-        import torchvision
-
         if weights is None and not random_weights:
             raise CheckpointError(
                 "VGGContentLoss needs a local VGG19 weights file (weights=path/to/vgg19-dcbb9e9d.pth); "
@@ -244,7 +242,11 @@ class VGGContentLoss(_Frozen):
             )
         if weights is not None and random_weights:
             raise ValueError("give either weights= or random_weights=True, not both")
-        self.features = torchvision.models.vgg19(weights=None).features[:VGG_LAYERS]
+        # == torchvision.models.vgg19(weights=None).features[:12], without building (and randomly
+        # initialising) the 120M-parameter classifier we would throw away
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.features = make_layers(cfgs["E"], batch_norm=False)[:VGG_LAYERS]
         if weights is not None:
             self._load(Path(weights))
         self._pointwise = _pointwise(criterion)

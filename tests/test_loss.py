@@ -1,0 +1,197 @@
+"""EncodingLoss / VGGContentLoss behaviour: frozen, differentiable w.r.t. pred only, clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from aeutils.checkpoint import save_checkpoint
+from aeutils.errors import AeutilsError, CheckpointError
+from aeutils.loss import EncodingLoss, VGGContentLoss, degrade, sensitivity_table
+from aeutils.model import STAGES, Autoencoder, AutoencoderConfig
+
+SMALL = AutoencoderConfig(widths=(8, 4, 2), n_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def model() -> Autoencoder:
+    torch.manual_seed(0)
+    m = Autoencoder(SMALL)
+    # non-trivial BatchNorm statistics, so "BN uses batch stats" would change the value
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+@pytest.fixture()
+def pair() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 3, 33, 33, generator=g)
+    pred = (target + 0.1 * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    return pred, target
+
+
+def test_scalar_positive_and_zero_for_identical(model, pair):
+    pred, target = pair
+    loss = EncodingLoss(model=model)
+    value = loss(pred, target)
+    assert value.ndim == 0 and value.item() > 0
+    assert loss(target, target).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_gradients_reach_pred_not_encoder(model, pair):
+    pred, target = pair
+    loss = EncodingLoss(model=model)
+    p = pred.clone().requires_grad_(True)
+    t = target.clone().requires_grad_(True)
+    loss(p, t).backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
+    assert t.grad is None  # target features are computed without gradients
+    assert all(q.grad is None and not q.requires_grad for q in loss.parameters())
+    assert sum(q.numel() for q in loss.parameters() if q.requires_grad) == 0
+
+
+def test_stays_in_eval_mode_inside_a_training_parent(model, pair):
+    pred, target = pair
+    loss = EncodingLoss(model=model, fuse=False)  # keep the BatchNorm layers to check them
+    before = loss(pred, target).item()
+    parent = nn.Module()
+    parent.loss = loss
+    parent.train()
+    assert not loss.training and not any(m.training for m in loss.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in loss.modules())
+    assert loss(pred, target).item() == pytest.approx(before, rel=1e-6)
+    # the user's model is untouched: not frozen, not fused
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(q.requires_grad for q in model.parameters())
+
+
+def test_fused_matches_model_features(model, pair):
+    _, target = pair
+    with torch.no_grad():
+        ours = EncodingLoss(model=model).features(target)
+        ref = model.encode_features(target)
+    assert set(ours) == set(STAGES)
+    for k in STAGES:
+        assert ours[k].shape == ref[k].shape
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-4, atol=1e-5)
+
+
+def test_invalid_sizes_and_shapes(model):
+    loss = EncodingLoss(model=model)
+    with pytest.raises(ValueError, match="4k\\+1|nearest valid"):
+        loss(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="differ"):
+        loss(torch.rand(1, 3, 33, 33), torch.rand(1, 3, 37, 37))
+    with pytest.raises(ValueError, match="Nx3xHxW"):
+        loss(torch.rand(1, 1, 33, 33), torch.rand(1, 1, 33, 33))
+
+
+def test_layer_weights_and_criterion(model, pair):
+    pred, target = pair
+    with torch.no_grad():
+        fp, ft = model.encode_features(pred), model.encode_features(target)
+    for crit, fn in (("l1", lambda a, b: (a - b).abs().mean()), ("l2", lambda a, b: (a - b).square().mean())):
+        loss = EncodingLoss(model=model, layer_weights={"stage2": 2.0, "latent": 0.5}, criterion=crit, weight=3.0)
+        expected = 3.0 * (2.0 * fn(fp["stage2"], ft["stage2"]) + 0.5 * fn(fp["latent"], ft["latent"]))
+        assert loss(pred, target).item() == pytest.approx(expected.item(), rel=1e-4)
+    per_image = EncodingLoss(model=model, reduction="none")(pred, target)
+    assert per_image.shape == (2,)
+    with pytest.raises(ValueError, match="taps"):
+        EncodingLoss(model=model, layer_weights={"conv5": 1.0})
+    with pytest.raises(ValueError, match="non-zero"):
+        EncodingLoss(model=model, layer_weights={"stage1": 0.0})
+    with pytest.raises(ValueError, match="criterion"):
+        EncodingLoss(model=model, criterion="huber")
+
+
+def test_normalize_changes_scale_not_zero(model, pair):
+    pred, target = pair
+    loss = EncodingLoss(model=model, normalize=True)
+    assert loss(pred, target).item() > 0
+    assert loss(target, target).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_checkpoint_path_and_shipped_default(model, pair, tmp_path, monkeypatch):
+    pred, target = pair
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    a = EncodingLoss(checkpoint=ckpt)(pred, target)
+    b = EncodingLoss(model=model)(pred, target)
+    assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    monkeypatch.setenv("MSCOPY_PRETRAINED", str(ckpt))
+    assert EncodingLoss()(pred, target).item() == pytest.approx(b.item(), rel=1e-5)
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        EncodingLoss(checkpoint=tmp_path / "nope.pt")
+    with pytest.raises(ValueError):
+        EncodingLoss(model=model, checkpoint=ckpt)
+
+
+def test_vgg_needs_local_weights():
+    with pytest.raises(AeutilsError, match="local VGG19 weights"):
+        VGGContentLoss()
+
+
+def test_vgg_missing_or_wrong_file_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match="missing_vgg.pth"):
+        VGGContentLoss(tmp_path / "missing_vgg.pth")
+    bad = tmp_path / "not_vgg.pth"
+    torch.save({"conv.weight": torch.zeros(3)}, bad)
+    with pytest.raises(CheckpointError, match="not_vgg.pth"):
+        VGGContentLoss(bad)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        VGGContentLoss(junk)
+
+
+def test_vgg_random_and_local_state_dict(tmp_path, pair):
+    pred, target = pair
+    rnd = VGGContentLoss(random_weights=True)
+    p = pred.clone().requires_grad_(True)
+    value = rnd(p, target)
+    value.backward()
+    assert value.ndim == 0 and value.item() > 0 and p.grad.abs().sum() > 0
+    assert sum(q.numel() for q in rnd.parameters() if q.requires_grad) == 0
+    assert rnd(target, target).item() == 0.0
+    from torchvision.models.vgg import cfgs, make_layers
+
+    torch.manual_seed(5)
+    features = make_layers(cfgs["E"])  # what torchvision.models.vgg19().features is
+    path = tmp_path / "vgg19_local.pth"
+    # torchvision's key layout (features.N.*, classifier.*), without the 500 MB classifier
+    torch.save({**{f"features.{k}": v for k, v in features.state_dict().items()},
+                "classifier.6.bias": torch.zeros(1000)}, path)
+    loaded = VGGContentLoss(path)
+    torch.testing.assert_close(loaded.features[10].weight, features[10].weight)
+    assert len(loaded.features) == 12 and isinstance(loaded.features[11], nn.ReLU)  # ends at relu3_1
+    feats_only = tmp_path / "vgg19_features.pth"
+    torch.save(features[:12].state_dict(), feats_only)
+    assert VGGContentLoss(feats_only)(pred, target).item() == pytest.approx(loaded(pred, target).item(), rel=1e-6)
+
+
+def test_degradations_keep_size_and_grade():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 41, 41, generator=g)
+    clean = x[:, :, 4:-4, 4:-4]
+    for name, grades in (("blur", (0.5, 2.0)), ("noise", (0.01, 0.08)), ("down-up", (2.0, 4.0)), ("stain", (0.05, 0.2))):
+        errs = [(degrade(x, name, gr, 4) - clean).square().mean().item() for gr in grades]
+        assert degrade(x, name, grades[0], 4).shape == clean.shape
+        assert 0 < errs[0] < errs[1], name
+    torch.testing.assert_close(degrade(x, "shift", 1.0, 4), x[:, :, 4:-4, 3:-5])
+
+
+def test_sensitivity_table_small(model):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 41, 41, generator=g)
+    res = sensitivity_table(x, {"trained": model}, variants={"": {}, ":latent": {"layer_weights": {"latent": 1}}},
+                            detail={"blur": (0.5, 1.0, 2.0)}, nuisance={"brightness": (0.02,)})
+    summ = res.summary()
+    assert set(summ) == {"pixel MSE", "trained", "trained:latent"}
+    assert summ["pixel MSE"]["spearman:blur"] == pytest.approx(1.0)
+    for row in summ.values():
+        assert row["ratio"] > 0 and 0 <= row["auc"] <= 1
+    assert "trained:latent" in res.to_text()
