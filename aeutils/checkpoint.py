@@ -269,6 +269,10 @@ def load_pretrained(map_location: str | torch.device = "cpu") -> Autoencoder:
     """
     path = pretrained_path()
     if not path.exists():
-        where = f"${PRETRAINED_ENV} points to" if PRETRAINED_ENV in os.environ else "the shipped pretrained model"
-        raise CheckpointError(f"{path}: no such checkpoint file ({where} a missing file)")
+        why = (
+            f"${PRETRAINED_ENV} points to a missing file"
+            if PRETRAINED_ENV in os.environ
+            else f"the shipped pretrained model is missing from this install; set ${PRETRAINED_ENV} to a checkpoint"
+        )
+        raise CheckpointError(f"{path}: no such checkpoint file ({why})")
     return load_model(path, map_location)

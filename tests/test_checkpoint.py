@@ -284,6 +284,8 @@ def test_load_pretrained_follows_the_environment(good: Path, monkeypatch: pytest
 def test_load_pretrained_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "gone.pt"
     monkeypatch.setenv("MSCOPY_PRETRAINED", str(missing))
-    with pytest.raises(CheckpointError, match="MSCOPY_PRETRAINED") as info:
+    with pytest.raises(CheckpointError, match=r"MSCOPY_PRETRAINED points to a missing file") as info:
         load_pretrained()
     assert str(missing) in str(info.value)
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        aeutils.load_pretrained()
