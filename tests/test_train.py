@@ -1,0 +1,221 @@
+"""aeutils.train: exact resume, NaN handling, the CLI and its outputs, loss terms, RNG state, the shipped model."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aeutils.checkpoint import load_checkpoint, read_checkpoint
+from aeutils.errors import TrainingError
+from aeutils.model import Autoencoder, AutoencoderConfig
+from aeutils.train import (
+    ReconstructionLoss,
+    Trainer,
+    make_train_step,
+    parse_config,
+    parse_duration,
+    rng_state,
+    set_rng_state,
+    train,
+)
+
+TINY = AutoencoderConfig(n_blocks=1, widths=(8, 8, 4))
+FAST = dict(batch_size=4, crop=33, config=TINY, device="cpu", workers=0, progress=False, val_limit=8, lr=3e-3)
+
+
+def write_patches(root: Path, size: int = 41, height: int = 200, seed: int = 0) -> Path:
+    """A one-slide extraction output: smooth random PNG patches on a grid, plus manifest.csv."""
+    rng = np.random.default_rng(seed)
+    (root / "unlabeled").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for y in range(0, height - size + 1, 20):
+        for x in (0, 20, 40):
+            small = rng.integers(0, 256, (size // 4 + 1, size // 4 + 1, 3), dtype=np.uint8)
+            rel = f"unlabeled/s1_{x}_{y}.png"
+            Image.fromarray(small).resize((size, size), Image.BILINEAR).save(root / rel)
+            rows.append(dict(path=rel, slide="s1", level=0, x=x, y=y, size=size, mpp=0.5, tissue_fraction=1.0,
+                             tumour_fraction="", label=""))
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def patch_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_patches(tmp_path_factory.mktemp("patches"))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["model"]
+
+
+def test_resume_is_exact(patch_dir: Path, tmp_path: Path) -> None:
+    straight = train(patch_dir, tmp_path / "a", epochs=2, **FAST)
+    assert straight.epochs_done == 2 and straight.stopped == "epochs"
+    steps = straight.global_step // 2
+    first = train(patch_dir, tmp_path / "b", epochs=2, max_steps=steps, **FAST)  # "interrupted" after epoch 1
+    assert first.epochs_done == 1 and first.stopped == "max_steps"
+    wb1 = _weights(tmp_path / "b" / "last.pt")
+    resumed = train(patch_dir, tmp_path / "b", epochs=2, resume=True, **FAST)
+    assert resumed.epochs_done == 2 and resumed.global_step == straight.global_step
+    wa, wb = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert any(not torch.equal(wb1[k], wb[k]) for k in wa if wa[k].is_floating_point())  # epoch 2 did train
+    # the CSV log covers both epochs once
+    with open(tmp_path / "b" / "log.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    # nothing left to do
+    again = train(patch_dir, tmp_path / "b", epochs=2, resume=True, **FAST)
+    assert again.stopped == "nothing_to_do" and again.epochs_done == 2
+    # the training state loads with weights_only and has what a resume needs
+    ts = load_checkpoint(tmp_path / "b" / "last.pt").train_state
+    assert {"optimizer", "scaler", "scheduler", "rng", "epoch", "global_step"} <= set(ts)
+    assert ts["epoch"] == 2
+
+
+def test_existing_run_needs_resume(patch_dir: Path, tmp_path: Path) -> None:
+    train(patch_dir, tmp_path / "r", epochs=1, **FAST)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(patch_dir, tmp_path / "r", epochs=1, **FAST)
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(patch_dir, tmp_path / "empty", epochs=1, resume=True, **FAST)
+    with pytest.raises(TrainingError, match="architecture"):
+        train(patch_dir, tmp_path / "r", epochs=2, resume=True, **{**FAST, "config": AutoencoderConfig(n_blocks=0, widths=(8, 8, 4))})
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(patch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "nan"
+    train(patch_dir, run, epochs=1, **FAST)
+    before = (run / "last.pt").read_bytes()
+    original = ReconstructionLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, pred, target):  # type: ignore[no-untyped-def]
+        total, parts = original(self, pred, target)
+        calls["n"] += 1
+        return (total * float("nan") if calls["n"] >= 2 else total), parts
+
+    monkeypatch.setattr(ReconstructionLoss, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite training loss.*epoch 2.*last good checkpoint"):
+        train(patch_dir, run, epochs=3, resume=True, **FAST)
+    assert (run / "last.pt").read_bytes() == before
+    assert load_checkpoint(run / "last.pt").meta["epoch"] == 1
+
+
+def test_nan_step_does_not_touch_weights() -> None:
+    model = Autoencoder(TINY)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = make_train_step(model, opt, lambda y, x: (y - x).pow(2).mean() * float("inf"), torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TrainingError, match="non-finite"):
+        step(torch.rand(2, 3, 21, 21))
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
+
+
+def test_cli_train_outputs(patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aeutils.cli import main
+
+    run = tmp_path / "cli"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "2", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--ssim", "0.5", "--l1", "0.5", "--device", "cpu",
+            "--workers", "0", "--no-progress", "--val-limit", "4"]
+    assert main(argv) == 0
+    assert "val PSNR" in capsys.readouterr().out
+    with open(run / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(np.isfinite(float(r["val_psnr"])) and -1 <= float(r["val_ssim"]) <= 1 for r in rows)
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"]) * 1.5
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    best = load_checkpoint(run / "best.pt")
+    assert best.config == TINY and not best.model.training and best.meta["metrics"]["val_psnr"] > 0
+    assert best.meta["train_args"]["loss"] == {"mse": 1.0, "l1": 0.5, "ssim": 0.5}
+    # an existing run without --resume: a one-line error, exit code 2
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    # not enough data
+    assert main(["train", str(patch_dir), "--out", str(tmp_path / "x"), "--batch-size", "10000", "--crop", "33", "--no-progress"]) == 2
+    assert "fewer than one batch" in capsys.readouterr().err
+
+
+def test_trainer_learns_and_bf16_step_on_cpu() -> None:
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 9, 9), size=(33, 33), mode="bilinear")
+    tr = Trainer(Autoencoder(TINY), lr=3e-3, device="cpu", total_steps=60, schedule="constant")
+    first = float(tr.step(x))
+    for _ in range(40):
+        last = float(tr.step(x))
+    assert last < first * 0.7
+    assert tr.evaluate([x])["psnr"] > 10
+    bf = Trainer(Autoencoder(TINY), device="cpu", amp=True)
+    assert bf.amp_dtype == torch.bfloat16 and np.isfinite(float(bf.step(x)))
+
+
+def test_loss_terms_pass_gradients_to_the_reconstruction(tmp_path: Path) -> None:
+    pred = torch.rand(2, 3, 33, 33, requires_grad=True)
+    target = torch.rand(2, 3, 33, 33, requires_grad=True)
+    total, parts = ReconstructionLoss(mse=1, l1=0.5, ssim=0.5)(pred, target)
+    assert set(parts) == {"mse", "l1", "ssim"}
+    total.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    with pytest.raises(TrainingError, match="local VGG19 weights"):
+        ReconstructionLoss(vgg=1.0)
+    with pytest.raises(TrainingError, match="all loss weights are zero"):
+        ReconstructionLoss(mse=0)
+    # VGG term from a local weights file (random VGG19 feature weights written here)
+    from torchvision.models.vgg import cfgs, make_layers
+
+    weights = tmp_path / "vgg19_features.pth"
+    torch.save(make_layers(cfgs["E"]).state_dict(), weights)
+    loss = ReconstructionLoss(mse=0, vgg=1.0, vgg_weights=weights)
+    p = torch.rand(1, 3, 33, 33, requires_grad=True)
+    t = torch.rand(1, 3, 33, 33, requires_grad=True)
+    v, parts = loss(p, t)
+    v.backward()
+    assert set(parts) == {"vgg"} and p.grad is not None and p.grad.abs().sum() > 0
+    assert t.grad is None  # the target side is held without gradients
+
+
+def test_rng_state_round_trips_with_weights_only(tmp_path: Path) -> None:
+    import random
+
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_parse_config_and_duration(tmp_path: Path) -> None:
+    assert parse_config(None) is None
+    cfg = parse_config(["n_blocks=2", "widths=32,32,8", "activation=silu"])
+    assert cfg == AutoencoderConfig(n_blocks=2, widths=(32, 32, 8), activation="silu")
+    assert parse_config(['{"n_blocks": 3}']) == AutoencoderConfig(n_blocks=3)
+    (tmp_path / "c.json").write_text('{"widths": [16, 16, 4]}')
+    assert parse_config([str(tmp_path / "c.json")]).widths == (16, 16, 4)
+    with pytest.raises(TrainingError, match="unknown"):
+        parse_config(["depth=3"])
+    assert parse_duration("45m") == 2700 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
+    with pytest.raises(TrainingError):
+        parse_duration("soon")
+
+
+def test_shipped_model_loads_offline_in_eval_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aeutils
+    from aeutils.checkpoint import PRETRAINED
+
+    monkeypatch.delenv("MSCOPY_PRETRAINED", raising=False)
+    assert PRETRAINED.is_file() and PRETRAINED.stat().st_size <= 10 * 2**20
+    model = aeutils.load_pretrained()
+    assert not model.training and model.config.latent_channels == 1
+    with torch.no_grad():
+        z = model.encode(torch.rand(1, 3, 181, 181))
+    assert z.shape == (1, 1, 46, 46)
