@@ -130,10 +130,17 @@ def test_notebook04_explorer_in_chromium(lab: tuple[str, str, Path], tmp_path: P
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
-            # the last cell drives the explorer from code and prints when its assertions passed
-            expect(page.get_by_text(re.compile(r"\d+ redraws, panel PNG"))).to_be_visible(timeout=T)
-            expect(idle).to_be_visible(timeout=T)
+            # the last cell drives the explorer from code and prints when its assertions passed;
+            # a cell that raises stops Run All: fail at once with its traceback instead of timing out
+            done = page.get_by_text(re.compile(r"\d+ redraws, panel PNG"))
+            failed = page.locator(  # JupyterLab renders a traceback as stderr text
+                '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]', has_text="Traceback"
+            )
+            expect(done.or_(failed).first).to_be_visible(timeout=T)
             page.screenshot(path=str(out / "notebook04_run.png"))  # before any assertion that can fail below
+            if failed.count():
+                pytest.fail(f"a cell of {NB.name} raised in JupyterLab:\n{failed.first.inner_text()[-3000:]}")
+            expect(idle).to_be_visible(timeout=T)
             explorer = page.locator(".mscopy-explorer")
             expect(explorer).to_have_count(1)
             explorer.scroll_into_view_if_needed()
