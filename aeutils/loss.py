@@ -359,6 +359,8 @@ class SensitivityResult:
     kinds: dict[str, str]
     n_patches: int
     size: int
+    #: loss -> 2 for squared losses (MSE, criterion "l2"), 1 otherwise; ratios use response**(1/power)
+    powers: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
 
     def mean(self, loss: str, condition: str, grade: float) -> float:
@@ -371,7 +373,9 @@ class SensitivityResult:
         geometric mean of the mean nuisance responses: scale-free, every condition counts alike),
         ``worst`` (mildest detail response / strongest nuisance response; > 1 means even the
         mildest degradation costs more than any nuisance) and ``auc`` (probability, over images and
-        all detail x nuisance condition pairs, that the detail response is the larger)."""
+        all detail x nuisance condition pairs, that the detail response is the larger). Ratios are
+        taken of the loss's root for squared losses (MSE -> RMSE), so squaring does not square the
+        ratio; Spearman and AUC are rank-based and need no such care."""
         from scipy.stats import spearmanr
 
         out: dict[str, dict[str, float]] = {}
@@ -391,17 +395,19 @@ class SensitivityResult:
             dm = np.array([v.mean() for v in det.values()])
             nm = np.array([v.mean() for v in nui.values()])
             tiny = 1e-30
-            row["ratio"] = float(np.exp(np.log(dm + tiny).mean() - np.log(nm + tiny).mean()))
-            row["worst"] = float(dm.min() / max(nm.max(), tiny))
+            root = 1.0 / self.powers.get(loss, 1)
+            row["ratio"] = float(np.exp(np.log(dm + tiny).mean() - np.log(nm + tiny).mean()) ** root)
+            row["worst"] = float((dm.min() / max(nm.max(), tiny)) ** root)
             d = np.stack(list(det.values()), 1)  # N x D
             u = np.stack(list(nui.values()), 1)  # N x U
             row["auc"] = float((d[:, :, None] > u[:, None, :]).mean() + 0.5 * (d[:, :, None] == u[:, None, :]).mean())
             out[loss] = row
         return out
 
-    def to_text(self) -> str:
-        """Two plain-text tables: the summary per loss, then each loss's mean response per condition
-        divided by its geometric-mean nuisance response (so the losses read on one scale)."""
+    def to_text(self, response_losses: list[str] | None = None) -> str:
+        """Two plain-text tables: the summary per loss, then (for ``response_losses``, default the
+        first three) each loss's mean response per condition divided by its geometric-mean nuisance
+        response (so the losses read on one scale; squared losses as they are)."""
         summ = self.summary()
         losses = list(self.per_image)
         wid = max(12, *(len(s) for s in losses)) + 1
@@ -415,6 +421,7 @@ class SensitivityResult:
         conds = list(next(iter(self.per_image.values())))
         lines.append("response / geometric-mean nuisance response (per loss)")
         head = [f"{c} {g:g}" for c, g in conds]
+        losses = response_losses or losses[:3]
         lines.append("condition".ljust(16) + "".join(s[:wid].rjust(wid) for s in losses))
         for (c, g), label in zip(conds, head):
             cells = []
@@ -489,4 +496,5 @@ def sensitivity_table(
                             (loss.compare(feats, clean_feats[enc]) * loss.weight).numpy())
     return SensitivityResult(
         per_image={k: {c: np.concatenate(v) for c, v in t.items()} for k, t in per_image.items()},
-        kinds=kinds, n_patches=len(patches), size=size)
+        kinds=kinds, n_patches=len(patches), size=size,
+        powers={"pixel MSE": 2, **{k: 2 if v.criterion == "l2" else 1 for k, v in losses.items()}})
