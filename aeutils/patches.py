@@ -60,6 +60,7 @@ MANIFEST_COLUMNS = (
 LABEL_DIRS = {None: "unlabeled", 0: "normal", 1: "tumour"}
 #: zlib level of the PNGs: 1 is ~2x faster to encode than PIL's default 6 for ~10% larger files.
 PNG_COMPRESS_LEVEL = 1
+PNG_STRATEGY = 3  # zlib.Z_RLE: with PNG row filters as fast as level 1 and as small as level 6
 #: Target side (pixels at the level) of one block read.
 BLOCK_SIDE = 1024
 MANIFEST_EVERY_S = 10.0
@@ -325,13 +326,30 @@ def _close_handles() -> None:
     _HANDLES.clear()
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """Deterministic PNG bytes of an h x w x 3 uint8 array (zlib level :data:`PNG_COMPRESS_LEVEL`)."""
+def encode_png(rgb: Any) -> bytes:
+    """Deterministic PNG bytes of an h x w x 3 uint8 array or an RGB PIL image.
+
+    zlib level :data:`PNG_COMPRESS_LEVEL` with the run-length strategy :data:`PNG_STRATEGY`: about 3x
+    faster to encode than PIL's default (level 6) for files of the same size.
+    """
     from PIL import Image
 
+    img = Image.fromarray(rgb, "RGB") if isinstance(rgb, np.ndarray) else rgb
     buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_STRATEGY)
     return buf.getvalue()
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``.<name>.<pid>.tmp`` beside ``target``, then rename (no fsync: survives kill -9)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # A task: (slide path, level, x0, y0, width, height, size, out dir, [(dx, dy, relpath), ...]).
@@ -339,23 +357,25 @@ Task = tuple
 
 
 def _run_task(task: Task) -> tuple[int, str | None]:
-    """Read one block region, slice its cells, write their PNGs. Returns (patches written, error or None)."""
+    """Read one block region, crop its cells, write their PNGs. Returns (patches written, error or None).
+
+    ``x0, y0`` level-0 pixels; ``width, height, dx, dy, size`` pixels at ``level``.
+    """
     path, level, x0, y0, bw, bh, size, out, cells = task
     try:
         import openslide
 
         try:
-            region = np.asarray(_osr(path).read_region((x0, y0), level, (bw, bh)))
+            # RGBA -> RGB once per block; each crop is then exactly read_region(...).convert("RGB").
+            block = _osr(path).read_region((x0, y0), level, (bw, bh)).convert("RGB")
         except openslide.OpenSlideError as exc:
             return 0, f"{path}: cannot read pixels ({' '.join(str(exc).split())}); truncated or corrupt file?"
-        n = 0
+        root = Path(out)
+        for folder in {rel.rpartition("/")[0] for _, _, rel in cells}:
+            (root / folder).mkdir(parents=True, exist_ok=True)
         for dx, dy, rel in cells:
-            rgb = np.ascontiguousarray(region[dy:dy + size, dx:dx + size, :3])
-            target = Path(out) / rel
-            with atomic_path(target, fsync=False) as tmp:
-                tmp.write_bytes(encode_png(rgb))
-            n += 1
-        return n, None
+            _write_atomic(root / rel, encode_png(block.crop((dx, dy, dx + size, dy + size))))
+        return len(cells), None
     except OSError as exc:
         return 0, f"{out}: cannot write patches ({exc.strerror or exc})"
 
@@ -592,6 +612,9 @@ def extract(
         done[plan.name] = finished
         todo[plan.name] = _blocks(plan, out, pending)
 
+    for pl in plans:
+        for lab in {c.label for c in pl.cells}:
+            (out / LABEL_DIRS[lab]).mkdir(exist_ok=True)
     planned = {pl.name for pl in plans}
     other_rows = [r for r in old_rows if r["slide"] not in planned]
     failed: set[str] = set()
@@ -614,7 +637,10 @@ def extract(
     if nworkers > 1 and n_tasks > 1:
         import multiprocessing as mp
 
-        pool = mp.get_context("spawn").Pool(min(nworkers, n_tasks), initializer=_pool_init)
+        # fork on Linux: fast to start and needs no `if __name__ == "__main__"` guard in the caller's
+        # script (no OpenSlide handle is open in this process now); spawn elsewhere.
+        method = "fork" if sys.platform.startswith("linux") else "spawn"
+        pool = mp.get_context(method).Pool(min(nworkers, n_tasks), initializer=_pool_init)
     overall = tqdm(total=total, initial=sum(len(v) for v in done.values()), desc="all slides", unit="patch",
                    disable=not progress, position=0, dynamic_ncols=True)
     last_write = time.monotonic()
