@@ -96,8 +96,12 @@ class EncodingLoss(_Frozen):
         layer_weights: tap name -> weight; missing taps weigh 0. Default :data:`DEFAULT_LAYER_WEIGHTS`.
         criterion: ``"l1"`` or ``"l2"``.
         weight: overall factor.
-        normalize: divide each channel of each tap by that channel's standard deviation over the
-            target batch (detached), so every channel counts alike whatever its activation scale.
+        normalize: ``False``/``"none"``; ``True``/``"channel"``: divide each channel of each tap by
+            that channel's standard deviation over the target batch (detached), so every channel
+            counts alike whatever its activation scale; ``"instance"``: standardise each channel of
+            each image over its pixels (pred and target separately), so a per-channel offset or gain
+            (what a global brightness or stain change mostly causes) costs nothing; pair it with a
+            pixel term that keeps colours right.
         reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image, shape N).
         fuse: fold BatchNorm into the preceding convolutions of the (copied) encoder: same values,
             faster. The model passed in is never modified.
@@ -135,7 +139,7 @@ class EncodingLoss(_Frozen):
         layer_weights: Mapping[str, float] | None = None,
         criterion: str = "l1",
         weight: float = 1.0,
-        normalize: bool = False,
+        normalize: bool | str = False,
         reduction: str = "mean",
         fuse: bool = True,
     ) -> None:
@@ -159,7 +163,10 @@ class EncodingLoss(_Frozen):
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         self._pointwise = _pointwise(criterion)
-        self.criterion, self.weight, self.normalize, self.reduction = criterion, float(weight), bool(normalize), reduction
+        modes = {False: "none", True: "channel", "none": "none", "channel": "channel", "instance": "instance"}
+        if normalize not in modes:
+            raise ValueError(f"normalize must be one of False, True, 'none', 'channel', 'instance', got {normalize!r}")
+        self.criterion, self.weight, self.normalize, self.reduction = criterion, float(weight), modes[normalize], reduction
         encoder = copy.deepcopy(inner.encoder).float().eval()
         self.encoder = _fuse_conv_bn(encoder) if fuse else encoder
         self.register_buffer("mean", inner.mean.detach().clone().float(), persistent=False)
@@ -195,9 +202,12 @@ class EncodingLoss(_Frozen):
             if not w:
                 continue
             a, b = pred_feats[name], target_feats[name]
-            if self.normalize:
+            if self.normalize == "channel":
                 scale = b.detach().std(dim=(0, 2, 3), keepdim=True) + 1e-4
                 a, b = a / scale, b / scale
+            elif self.normalize == "instance":
+                a = (a - a.mean(dim=(2, 3), keepdim=True)) / (a.std(dim=(2, 3), keepdim=True) + 1e-4)
+                b = (b - b.mean(dim=(2, 3), keepdim=True)) / (b.std(dim=(2, 3), keepdim=True) + 1e-4)
             term = w * self._pointwise(a, b).flatten(1).mean(1)
             total = term if total is None else total + term
         assert total is not None
@@ -445,6 +455,9 @@ def default_variants() -> dict[str, dict[str, Any]]:
     variants[":all"] = {"layer_weights": {k: 1.0 for k in STAGES}}
     variants[":norm"] = {"normalize": True}
     variants[":all+norm"] = {"layer_weights": {k: 1.0 for k in STAGES}, "normalize": True}
+    variants[":inorm"] = {"normalize": "instance"}
+    variants[":stage1+inorm"] = {"layer_weights": {"stage1": 1.0}, "normalize": "instance"}
+    variants[":all+inorm"] = {"layer_weights": {k: 1.0 for k in STAGES}, "normalize": "instance"}
     return variants
 
 
