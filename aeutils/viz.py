@@ -307,9 +307,13 @@ def grid_figure(
     return fig
 
 
-def input_grid_figure(x: "torch.Tensor", mpp: float | None = SAMPLE_MPP, title: str = "Input patches") -> Figure:
-    """Grid of input (or reconstructed) patches Nx3xSxS, titled with the true shape and pixel size."""
-    return grid_figure(x, f"{title}: {x.shape[0]} x {describe_scale(x.shape[1:], mpp)}")
+def input_grid_figure(
+    x: "torch.Tensor", mpp: float | None = SAMPLE_MPP, title: str = "Input patches", note: str | None = None
+) -> Figure:
+    """Grid of input (or reconstructed) patches Nx3xSxS, titled with the true shape and pixel size
+    (and ``note`` on a second line)."""
+    text = f"{title}: {x.shape[0]} x {describe_scale(x.shape[1:], mpp)}"
+    return grid_figure(x, text + (f"\n{note}" if note else ""))
 
 
 def encoding_grid_figure(
@@ -645,12 +649,15 @@ def write_figures(
     x, mpp = _load_patches(patches, n, 181, mpp)
     e = encode_batch(ae, x)
     figures = {
-        "ae_in.png": input_grid_figure(e.inputs, mpp, "Input patches"),
+        "ae_in.png": input_grid_figure(
+            e.inputs, mpp, "Input patches", "held-out tissue of the sample slide" if patches is None else None
+        ),
         "ae_en.png": encoding_grid_figure(e.latent, "raw", mpp),
         "ae_en_lin.png": encoding_grid_figure(e.latent, "stretch", mpp),
         "ae_en_he.png": encoding_grid_figure(e.latent, "equalize", mpp),
         "ae_out.png": input_grid_figure(
-            e.outputs, mpp, f"Reconstructions (median PSNR {float(e.psnr.median()):.1f} dB, SSIM {float(e.ssim.median()):.3f})"
+            e.outputs, mpp, "Reconstructions",
+            f"median PSNR {float(e.psnr.median()):.1f} dB, median SSIM {float(e.ssim.median()):.3f}",
         ),
     }
     if patches is None:
