@@ -26,9 +26,13 @@ from torch import nn
 from aeutils.errors import CheckpointError
 from aeutils.model import STAGES, Autoencoder, check_size
 
-#: default tap weights: the two residual stages carry the texture/detail information; stage3 and the
-#: one-channel latent add little separation (see ``bench/loss_sensitivity.py`` and notebook 05)
-DEFAULT_LAYER_WEIGHTS: dict[str, float] = {"stage1": 1.0, "stage2": 1.0, "stage3": 0.0, "latent": 0.0}
+#: default tap weights: the first stage (1/2 resolution) is the most detail-sensitive tap and the deeper
+#: ones mostly add colour/brightness response (``bench/loss_sensitivity.py``, notebook 05); stopping
+#: after stage1 also makes the loss cheaper
+DEFAULT_LAYER_WEIGHTS: dict[str, float] = {"stage1": 1.0, "stage2": 0.0, "stage3": 0.0, "latent": 0.0}
+#: default feature normalisation: per-image, per-channel standardisation ("instance") removed most of
+#: the brightness/stain response for trained and random encoders alike in the sensitivity bench
+DEFAULT_NORMALIZE = "instance"
 CRITERIA = ("l1", "l2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,7 +97,8 @@ class EncodingLoss(_Frozen):
         model: an :class:`~aeutils.model.Autoencoder`; default: the shipped model
             (:func:`aeutils.checkpoint.load_pretrained`), unless ``checkpoint`` is given.
         checkpoint: path of an mscopy-AE checkpoint to use instead.
-        layer_weights: tap name -> weight; missing taps weigh 0. Default :data:`DEFAULT_LAYER_WEIGHTS`.
+        layer_weights: tap name -> weight; missing taps weigh 0. Default :data:`DEFAULT_LAYER_WEIGHTS`
+            (stage1 only).
         criterion: ``"l1"`` or ``"l2"``.
         weight: overall factor.
         normalize: ``False``/``"none"``; ``True``/``"channel"``: divide each channel of each tap by
@@ -101,7 +106,7 @@ class EncodingLoss(_Frozen):
             counts alike whatever its activation scale; ``"instance"``: standardise each channel of
             each image over its pixels (pred and target separately), so a per-channel offset or gain
             (what a global brightness or stain change mostly causes) costs nothing; pair it with a
-            pixel term that keeps colours right.
+            pixel term that keeps colours right. Default :data:`DEFAULT_NORMALIZE` (``"instance"``).
         reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image, shape N).
         fuse: fold BatchNorm into the preceding convolutions of the (copied) encoder: same values,
             faster. The model passed in is never modified.
@@ -139,7 +144,7 @@ class EncodingLoss(_Frozen):
         layer_weights: Mapping[str, float] | None = None,
         criterion: str = "l1",
         weight: float = 1.0,
-        normalize: bool | str = False,
+        normalize: bool | str = DEFAULT_NORMALIZE,
         reduction: str = "mean",
         fuse: bool = True,
     ) -> None:
@@ -447,17 +452,19 @@ class SensitivityResult:
 
 
 def default_variants() -> dict[str, dict[str, Any]]:
-    """EncodingLoss settings compared by :func:`sensitivity_table`: the default, each tap alone,
-    and the default with per-channel normalisation."""
+    """EncodingLoss settings compared by :func:`sensitivity_table`: the default ("", stage1 with
+    instance normalisation), each tap alone without normalisation, and tap sets with per-channel
+    ("norm") or per-image instance ("inorm") normalisation."""
+    every = {k: 1.0 for k in STAGES}
     variants: dict[str, dict[str, Any]] = {"": {}}
     for tap in STAGES:
-        variants[f":{tap}"] = {"layer_weights": {tap: 1.0}}
-    variants[":all"] = {"layer_weights": {k: 1.0 for k in STAGES}}
-    variants[":norm"] = {"normalize": True}
-    variants[":all+norm"] = {"layer_weights": {k: 1.0 for k in STAGES}, "normalize": True}
-    variants[":inorm"] = {"normalize": "instance"}
-    variants[":stage1+inorm"] = {"layer_weights": {"stage1": 1.0}, "normalize": "instance"}
-    variants[":all+inorm"] = {"layer_weights": {k: 1.0 for k in STAGES}, "normalize": "instance"}
+        variants[f":{tap}"] = {"layer_weights": {tap: 1.0}, "normalize": "none"}
+    variants[":stage1+2"] = {"layer_weights": {"stage1": 1.0, "stage2": 1.0}, "normalize": "none"}
+    variants[":all"] = {"layer_weights": every, "normalize": "none"}
+    variants[":stage1+norm"] = {"layer_weights": {"stage1": 1.0}, "normalize": "channel"}
+    variants[":all+norm"] = {"layer_weights": every, "normalize": "channel"}
+    variants[":stage1+2+inorm"] = {"layer_weights": {"stage1": 1.0, "stage2": 1.0}, "normalize": "instance"}
+    variants[":all+inorm"] = {"layer_weights": every, "normalize": "instance"}
     return variants
 
 

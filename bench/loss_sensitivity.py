@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
                             batch_size=args.batch, seed=args.seed)
     print(f"model: {args.checkpoint or pretrained_path()}; default layer_weights {DEFAULT_LAYER_WEIGHTS}; "
           f"{time.perf_counter() - t0:.0f} s")
-    print(res.to_text(["pixel MSE", "trained", "random", "trained:all+norm", "random:all+norm"]))
+    print(res.to_text(["pixel MSE", "trained", "random", "trained:stage1", "random:stage1"]))
     summ = res.summary()
     print()
     for key in ("ratio", "auc"):

@@ -96,7 +96,8 @@ def test_layer_weights_and_criterion(model, pair):
     with torch.no_grad():
         fp, ft = model.encode_features(pred), model.encode_features(target)
     for crit, fn in (("l1", lambda a, b: (a - b).abs().mean()), ("l2", lambda a, b: (a - b).square().mean())):
-        loss = EncodingLoss(model=model, layer_weights={"stage2": 2.0, "latent": 0.5}, criterion=crit, weight=3.0)
+        loss = EncodingLoss(model=model, layer_weights={"stage2": 2.0, "latent": 0.5}, criterion=crit, weight=3.0,
+                            normalize=False)
         expected = 3.0 * (2.0 * fn(fp["stage2"], ft["stage2"]) + 0.5 * fn(fp["latent"], ft["latent"]))
         assert loss(pred, target).item() == pytest.approx(expected.item(), rel=1e-4)
     per_image = EncodingLoss(model=model, reduction="none")(pred, target)
@@ -109,11 +110,21 @@ def test_layer_weights_and_criterion(model, pair):
         EncodingLoss(model=model, criterion="huber")
 
 
-def test_normalize_changes_scale_not_zero(model, pair):
+def test_normalize_modes(model, pair):
     pred, target = pair
-    loss = EncodingLoss(model=model, normalize=True)
-    assert loss(pred, target).item() > 0
-    assert loss(target, target).item() == pytest.approx(0.0, abs=1e-7)
+    for mode in (True, "channel", "instance", False):
+        loss = EncodingLoss(model=model, normalize=mode)
+        assert loss(pred, target).item() > 0
+        assert loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    # instance normalisation ignores a per-channel gain and offset of the features: an input brightness
+    # change that stays linear through the first conv (no ReLU clipping: check on the pre-ReLU tap) is free
+    inst = EncodingLoss(model=model, normalize="instance", layer_weights={"stage1": 1.0})
+    raw = EncodingLoss(model=model, normalize="none", layer_weights={"stage1": 1.0})
+    fa = {"stage1": torch.randn(2, 8, 9, 9)}
+    fb = {"stage1": 3.0 * fa["stage1"] + 1.5}
+    assert inst.compare(fb, fa).abs().max().item() < 1e-4 < raw.compare(fb, fa).min().item()
+    with pytest.raises(ValueError, match="normalize"):
+        EncodingLoss(model=model, normalize="batch")
 
 
 def test_checkpoint_path_and_shipped_default(model, pair, tmp_path, monkeypatch):
