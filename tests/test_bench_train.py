@@ -28,13 +28,14 @@ def test_train_speed_smoke_prints_both_arms_and_ratio() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for arm in ("plain fp32", "trainer"):
-        m = re.search(rf"{arm}:\s+([0-9.]+) img/s median", out)
+        m = re.search(rf"{arm}:\s+([0-9.e+]+) img/s median", out)
         assert m, out
         assert float(m.group(1)) > 0
-    m = re.search(r"speed-up trainer / plain fp32: ([0-9.]+)x", out)
+    m = re.search(r"speed-up trainer / plain fp32: ([0-9.]+)x \(median img/s\)", out)
     assert m, out
     assert float(m.group(1)) > 0
     assert re.search(r"one step: [0-9.]+ GFLOP per image", out), out
+    assert re.search(r"CPU-time speed-up .*: [0-9.]+x", out), out  # the test forces the CPU
 
 
 def test_quality_smoke_prints_markdown_table(tmp_path: Path) -> None:
