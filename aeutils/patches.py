@@ -55,7 +55,10 @@ __all__ = [
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = (
     "path", "slide", "level", "x", "y", "size", "mpp", "tissue_fraction", "tumour_fraction", "label",
+    "downsample", "slide_width", "slide_height",
 )
+#: Columns every manifest has (the last three were added later; read_manifest gives None without them).
+REQUIRED_COLUMNS = MANIFEST_COLUMNS[:10]
 #: label -> output folder
 LABEL_DIRS = {None: "unlabeled", 0: "normal", 1: "tumour"}
 #: PNG settings when PIL encodes (no imagecodecs): zlib level 1 with the run-length strategy (zlib.Z_RLE),
@@ -106,6 +109,7 @@ class SlidePlan:
     downsample: float
     mpp: float | None
     cells: list[GridCell]
+    dimensions: tuple[int, int]  # level-0 (width, height) of the slide
     thumbnail: np.ndarray = field(repr=False)
     tissue: Any = field(repr=False)  # aeutils.tissue.TissueMask
 
@@ -194,7 +198,8 @@ def plan_slide(
             cells.append(GridCell(int(xs[i]), int(ys[i]), lvl, size, round(float(tf[i]), 6), tuf, label))
         return SlidePlan(
             path=s.path, name=s.name, level=lvl, size=size, stride=stride, downsample=ds,
-            mpp=None if s.mpp is None else s.mpp * ds, cells=cells, thumbnail=thumb, tissue=tissue,
+            mpp=None if s.mpp is None else s.mpp * ds, cells=cells, dimensions=(int(w0), int(h0)),
+            thumbnail=thumb, tissue=tissue,
         )
     finally:
         if own:
@@ -480,6 +485,8 @@ def _row(plan: SlidePlan, c: GridCell) -> dict[str, str]:
         "size": str(c.size), "mpp": _fmt(plan.mpp), "tissue_fraction": f"{c.tissue_fraction:.4f}",
         "tumour_fraction": "" if c.tumour_fraction is None else f"{c.tumour_fraction:.4f}",
         "label": "" if c.label is None else str(c.label),
+        "downsample": _fmt(plan.downsample, 8), "slide_width": str(plan.dimensions[0]),
+        "slide_height": str(plan.dimensions[1]),
     }
 
 
@@ -496,8 +503,8 @@ def _read_raw_manifest(out: Path) -> list[dict[str, str]]:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         raise PatchError(f"{path}: unreadable manifest ({exc})") from None
-    if rows and set(MANIFEST_COLUMNS) - set(rows[0]):
-        raise PatchError(f"{path}: not a patch manifest (missing columns {sorted(set(MANIFEST_COLUMNS) - set(rows[0]))})")
+    if rows and set(REQUIRED_COLUMNS) - set(rows[0]):
+        raise PatchError(f"{path}: not a patch manifest (missing columns {sorted(set(REQUIRED_COLUMNS) - set(rows[0]))})")
     return rows
 
 
@@ -515,7 +522,9 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Each row: ``path`` (str, relative to OUT), ``slide`` (str), ``level, x, y, size`` (int; x, y level-0
     pixels, size pixels at the level), ``mpp`` (float or None), ``tissue_fraction`` (float),
-    ``tumour_fraction`` (float or None), ``label`` (0, 1 or None). Raises :class:`PatchError` if missing.
+    ``tumour_fraction`` (float or None), ``label`` (0, 1 or None), ``downsample`` (float, of the level),
+    ``slide_width, slide_height`` (int, level-0 pixels; these three are None in older manifests).
+    Raises :class:`PatchError` if the manifest is missing or malformed.
     """
     p = Path(out_dir)
     out = p.parent if p.suffix == ".csv" else p
@@ -530,6 +539,9 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 "tissue_fraction": float(r["tissue_fraction"]),
                 "tumour_fraction": float(r["tumour_fraction"]) if r["tumour_fraction"] else None,
                 "label": int(r["label"]) if r["label"] else None,
+                "downsample": float(r["downsample"]) if r.get("downsample") else None,
+                "slide_width": int(r["slide_width"]) if r.get("slide_width") else None,
+                "slide_height": int(r["slide_height"]) if r.get("slide_height") else None,
             })
         except (TypeError, ValueError) as exc:
             raise PatchError(f"{out / MANIFEST_NAME}: bad row {r} ({exc})") from None
@@ -602,7 +614,7 @@ def extract(
         raise PatchError(f"keep must be 'tumour' or 'normal', got {keep!r}")
     if keep is not None and annotations is None:
         raise PatchError("keeping only tumour or normal patches needs annotations (--annotations)")
-    if annotations is not None and not Path(annotations).exists():
+    if isinstance(annotations, (str, os.PathLike)) and not Path(annotations).exists():
         raise AnnotationError(f"{annotations}: no such annotation file or folder")
     if mpp is not None and level not in (None, 0):
         raise PatchError("give either --level or --mpp, not both")
@@ -650,7 +662,8 @@ def extract(
         return rows
 
     manifest = out / MANIFEST_NAME
-    overall = None
+    # The overall bar grows as slides are planned; per-slide bars follow the blocks as they finish.
+    overall = tqdm(total=0, desc="all slides", unit="patch", disable=not progress, position=0, dynamic_ncols=True)
     try:
         # Plan each slide, queue its blocks on the pool, then draw its QC figure while the pool works.
         seen: dict[str, Path] = {}
@@ -674,14 +687,14 @@ def extract(
                 (out / LABEL_DIRS[lab]).mkdir(exist_ok=True)
             plans.append(plan)
             done[plan.name] = finished
+            overall.total += len(plan.cells)
+            overall.update(len(finished))
             for task in _blocks(plan, out, pending):
                 queued.append((plan, task, None if pool is None else pool.apply_async(_run_task, (task,))))
             _save_qc(plan, out / f"{plan.name}.qc.png")
             plan.thumbnail = plan.thumbnail[:0]  # free memory; the QC figure is done
 
-        total = sum(len(pl.cells) for pl in plans)
-        overall = tqdm(total=total, initial=sum(len(v) for v in done.values()), desc="all slides",
-                       unit="patch", disable=not progress, position=0, dynamic_ncols=True)
+        overall.refresh()
         last_write = time.monotonic()
         current: str | None = None
         bar = None
@@ -713,8 +726,7 @@ def extract(
             if pl.name not in failed:
                 _remove_stale(out, pl)
     finally:
-        if overall is not None:
-            overall.close()
+        overall.close()
         if pool is not None:
             pool.terminate()
             pool.join()

@@ -132,6 +132,7 @@ def test_sample_slide_pixels_identical(sample_slide_path: Path, tmp_path: Path) 
     osr = openslide.OpenSlide(str(sample_slide_path))
     for r in rows:
         assert r["size"] == 181 and r["level"] == 0 and r["mpp"] == pytest.approx(0.499)
+        assert (r["slide_width"], r["slide_height"], r["downsample"]) == (2220, 2967, 1.0)
         assert r["x"] % 181 == 0 and r["y"] % 181 == 0 and r["tissue_fraction"] >= 0.5
         assert r["path"] == f"unlabeled/CMU-1-Small-Region_{r['x']}_{r['y']}.png"
         ref = np.asarray(osr.read_region((r["x"], r["y"]), 0, (181, 181)).convert("RGB"))
@@ -212,6 +213,7 @@ def test_mpp_picks_level(syn: Path, tmp_path: Path) -> None:
     extract(syn, tmp_path / "o", patch_size=32, mpp=2.0, workers=1, progress=False)
     rows = read_manifest(tmp_path / "o")
     assert {r["level"] for r in rows} == {2} and {r["mpp"] for r in rows} == {2.0}
+    assert {r["downsample"] for r in rows} == {4.0}
 
 
 def test_read_manifest_missing(tmp_path: Path) -> None:
