@@ -15,7 +15,7 @@ Then it checks the two outputs hold the same patches with identical pixels (all 
 each (process + pool children: the part of the gain that does not depend on free cores; on a busy
 machine the wall-clock ratio shrinks towards it).
 
-    python bench/extract.py                 # the full run (about a minute or two on 2 cores)
+    python bench/extract.py                 # the full run, 2 interleaved repeats (a minute or two on 2 cores)
     python bench/extract.py --smoke         # a 2x1 tiling at stride 362: seconds (CI)
 """
 from __future__ import annotations
@@ -111,11 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="extract's processes (default: every core)")
     p.add_argument("--check", type=int, default=None, help="compare this many random patches (default all)")
     p.add_argument("--keep-output", action="store_true", help="keep the PNGs under bench/out/")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each arm, averaged (2)")
     args = p.parse_args(argv)
 
     from aeutils.patches import default_workers, extract, plan_slide, read_manifest
 
     reps = (2, 1) if args.smoke else tuple(args.reps)
+    if args.smoke:
+        args.repeats = 1
     stride = args.stride if args.stride is not None else (2 * args.patch_size if args.smoke else None)
     slide = args.slide or build_slide(OUT / f"bench_sample_{reps[0]}x{reps[1]}.tiff", *reps)
     workers = args.workers or default_workers()
@@ -128,12 +131,31 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     a_dir, n_dir = run_dir / "aeutils", run_dir / "naive"
 
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    extract(slide, a_dir, patch_size=args.patch_size, stride=stride, workers=workers, progress=False)
-    t_ours, c_ours = time.perf_counter() - t0, cpu_seconds() - c0
-    c0 = cpu_seconds()
-    t_naive = naive(slide, cells, n_dir, plan.name)
-    c_naive = cpu_seconds() - c0
+    def run_ours() -> tuple[float, float]:
+        shutil.rmtree(a_dir, ignore_errors=True)
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        extract(slide, a_dir, patch_size=args.patch_size, stride=stride, workers=workers, progress=False)
+        return time.perf_counter() - t0, cpu_seconds() - c0
+
+    def run_naive() -> tuple[float, float]:
+        shutil.rmtree(n_dir, ignore_errors=True)
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        naive(slide, cells, n_dir, plan.name)
+        return time.perf_counter() - t0, cpu_seconds() - c0
+
+    # Interleaved (ours, naive, naive, ours, ...) so that load from other processes hits both alike;
+    # the figures below are sums over the repeats (each arm starts from an empty folder every time).
+    t_ours = c_ours = t_naive = c_naive = 0.0
+    for i in range(args.repeats):
+        for arm in ((run_ours, run_naive) if i % 2 == 0 else (run_naive, run_ours)):
+            t, c = arm()
+            if arm is run_ours:
+                t_ours, c_ours = t_ours + t, c_ours + c
+            else:
+                t_naive, c_naive = t_naive + t, c_naive + c
+            if args.repeats > 1:
+                print(f"  repeat {i + 1}: {'aeutils' if arm is run_ours else 'naive  '} {t:7.2f} s wall, {c:7.2f} s CPU")
+    t_ours, c_ours, t_naive, c_naive = (v / args.repeats for v in (t_ours, c_ours, t_naive, c_naive))
 
     rows = read_manifest(a_dir)
     ours = sorted(r["path"] for r in rows)
