@@ -606,6 +606,9 @@ def extract(
     not a slide, corrupt, no tissue, bad annotations, ...) does not stop the others: its error goes to
     ``on_error`` if given, otherwise the first one is raised after the other slides are done.
     Returns the manifest path.
+
+    The pool forks on Linux; elsewhere it spawns, which re-imports the calling script: call ``extract``
+    from under ``if __name__ == "__main__":`` there (notebooks need nothing).
     """
     paths = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
     if not paths:
