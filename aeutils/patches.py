@@ -338,14 +338,15 @@ def _close_handles() -> None:
 def encode_png(rgb: Any) -> bytes:
     """Deterministic PNG bytes of an h x w x 3 uint8 array (or an RGB PIL image).
 
-    With imagecodecs (libpng): zlib level 1, run-length strategy, "sub" row filter (OpenCV's fast
-    settings), ~3x faster than PIL's default save for ~15% larger files. Without it: PIL at level 1
-    with the run-length strategy (~2x faster than the default, same size).
+    With imagecodecs (libpng): zlib level 1, run-length strategy, Paeth row filter: on H&E patches
+    ~4x faster than PIL's default save (adaptive filters, level 6) for files of about the same size.
+    Without imagecodecs: PIL at level 1 with the run-length strategy (~2x faster than its default,
+    same size).
     """
     arr = np.ascontiguousarray(rgb) if isinstance(rgb, np.ndarray) else np.asarray(rgb)
     codecs = _imagecodecs()
     if codecs is not None:
-        return bytes(codecs.png_encode(arr, level=1, strategy=3, filter=16))
+        return bytes(codecs.png_encode(arr, level=1, strategy=3, filter=128))
     from PIL import Image
 
     buf = io.BytesIO()
@@ -362,7 +363,7 @@ def _imagecodecs() -> Any:
         try:
             import imagecodecs
 
-            imagecodecs.png_encode(np.zeros((2, 2, 3), np.uint8), level=1, strategy=3, filter=16)
+            imagecodecs.png_encode(np.zeros((2, 2, 3), np.uint8), level=1, strategy=3, filter=128)
             _CODECS.append(imagecodecs)
         except Exception:  # not installed, or built without libpng: PIL does it
             _CODECS.append(None)
