@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -40,12 +40,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG_LAYERS = 12
 
 
-def _pointwise(criterion: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if criterion == "l1":
-        return lambda a, b: (a - b).abs()
-    if criterion == "l2":
-        return lambda a, b: (a - b).square()
-    raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+def _check_criterion(criterion: str) -> str:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    return criterion
+
+
+def _pointwise(criterion: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a - b| ("l1") or (a - b)^2 ("l2"), elementwise."""
+    return (a - b).abs() if criterion == "l1" else (a - b).square()
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -167,7 +170,7 @@ class EncodingLoss(_Frozen):
             raise ValueError("layer_weights: at least one tap needs a non-zero weight")
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-        self._pointwise = _pointwise(criterion)
+        _check_criterion(criterion)
         modes = {False: "none", True: "channel", "none": "none", "channel": "channel", "instance": "instance"}
         if normalize not in modes:
             raise ValueError(f"normalize must be one of False, True, 'none', 'channel', 'instance', got {normalize!r}")
@@ -213,7 +216,7 @@ class EncodingLoss(_Frozen):
             elif self.normalize == "instance":
                 a = (a - a.mean(dim=(2, 3), keepdim=True)) / (a.std(dim=(2, 3), keepdim=True) + 1e-4)
                 b = (b - b.mean(dim=(2, 3), keepdim=True)) / (b.std(dim=(2, 3), keepdim=True) + 1e-4)
-            term = w * self._pointwise(a, b).flatten(1).mean(1)
+            term = w * _pointwise(self.criterion, a, b).flatten(1).mean(1)
             total = term if total is None else total + term
         assert total is not None
         return total
@@ -264,8 +267,7 @@ class VGGContentLoss(_Frozen):
         self.features = make_layers(cfgs["E"], batch_norm=False)[:VGG_LAYERS]
         if weights is not None:
             self._load(Path(weights))
-        self._pointwise = _pointwise(criterion)
-        self.criterion, self.weight = criterion, float(weight)
+        self.criterion, self.weight = _check_criterion(criterion), float(weight)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._freeze()
@@ -300,7 +302,7 @@ class VGGContentLoss(_Frozen):
         with torch.no_grad():
             ft = self.features((target.detach() - self.mean) / self.std)
         fp = self.features((pred - self.mean) / self.std)
-        return self._pointwise(fp, ft).mean() * self.weight
+        return _pointwise(self.criterion, fp, ft).mean() * self.weight
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """EncodingLoss / VGGContentLoss behaviour: frozen, differentiable w.r.t. pred only, clear errors."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
