@@ -245,7 +245,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 def _to_tensor(rgb: np.ndarray) -> "torch.Tensor":
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    arr = rgb if rgb.flags.writeable and rgb.flags.c_contiguous else np.array(rgb)  # OpenSlide reads are read-only
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
 def _center_crop(t: "torch.Tensor", size: int, what: str) -> "torch.Tensor":
