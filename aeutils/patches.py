@@ -564,6 +564,16 @@ def _clean_tmp(out: Path) -> None:
                     p.unlink(missing_ok=True)
 
 
+def _existing_pngs(out: Path) -> set[str]:
+    """Relative paths of the PNGs already in OUT's label folders (one directory listing each)."""
+    found = set()
+    for d in LABEL_DIRS.values():
+        folder = out / d
+        if folder.is_dir():
+            found.update(f"{d}/{e.name}" for e in os.scandir(folder) if e.name.endswith(".png"))
+    return found
+
+
 def _remove_stale(out: Path, plan: SlidePlan) -> None:
     """Delete this slide's PNGs that are not in the plan (another grid or label from an earlier run)."""
     wanted = {c.relpath(plan.name) for c in plan.cells}
@@ -684,9 +694,13 @@ def extract(
             if keep_label is not None:
                 plan.cells = [c for c in plan.cells if c.label == keep_label]
             finished, pending = set(), []
+            present = _existing_pngs(out)
             for c in plan.cells:
                 rel = c.relpath(plan.name)
-                (finished.add(rel) if _png_size(out / rel) == (c.size, c.size) else pending.append(c))
+                if rel in present and _png_size(out / rel) == (c.size, c.size):
+                    finished.add(rel)
+                else:
+                    pending.append(c)
             for lab in {c.label for c in plan.cells}:
                 (out / LABEL_DIRS[lab]).mkdir(exist_ok=True)
             plans.append(plan)
