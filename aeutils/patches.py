@@ -681,6 +681,7 @@ def extract(
     try:
         # Plan each slide, queue its blocks on the pool, then draw its QC figure while the pool works.
         seen: dict[str, Path] = {}
+        present = _existing_pngs(out)  # finished patches of earlier runs (checked again per slide below)
         for p in paths:
             try:
                 name = Path(p).stem
@@ -694,7 +695,6 @@ def extract(
             if keep_label is not None:
                 plan.cells = [c for c in plan.cells if c.label == keep_label]
             finished, pending = set(), []
-            present = _existing_pngs(out)
             for c in plan.cells:
                 rel = c.relpath(plan.name)
                 if rel in present and _png_size(out / rel) == (c.size, c.size):
