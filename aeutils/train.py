@@ -482,7 +482,7 @@ def train(
     lr: float = 2e-3,
     weight_decay: float = 0.0,
     config: AutoencoderConfig | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     mse: float = 1.0,
     l1: float = 0.0,
     ssim: float = 0.0,
@@ -514,6 +514,7 @@ def train(
         config: the architecture (default :class:`AutoencoderConfig` ()); a resumed run uses the
             checkpoint's and refuses a different one.
         resume: continue from ``out_dir/last.pt``; without it an existing ``last.pt`` is an error.
+            ``"auto"``: resume if ``last.pt`` exists, else start (handy in notebooks).
         mse, l1, ssim, vgg, vgg_weights: loss weights (:class:`ReconstructionLoss`).
         stain_jitter: HED jitter strength for training augmentation (0: off).
         device: default :func:`aeutils.device.pick_device`. workers: DataLoader processes.
@@ -538,7 +539,7 @@ def train(
 
 def _train(  # noqa: C901 - one linear procedure reads best
     *, patches_dir: Path, out: Path, epochs: int, batch_size: int, crop: int, lr: float, weight_decay: float,
-    config: AutoencoderConfig | None, resume: bool, mse: float, l1: float, ssim: float, vgg: float,
+    config: AutoencoderConfig | None, resume: bool | str, mse: float, l1: float, ssim: float, vgg: float,
     vgg_weights: Any, stain_jitter: float, device: Any, workers: int | None, seed: int, max_steps: int | None,
     time_budget: float | None, val_limit: int | None, schedule: str, warmup_steps: int | None,
     channels_last: bool, amp: bool | None, log_every: int, progress: bool, verbose: bool, started: float, rank: int,
@@ -547,6 +548,8 @@ def _train(  # noqa: C901 - one linear procedure reads best
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     last, best = out / "last.pt", out / "best.pt"
+    if resume == "auto":
+        resume = last.exists()
     if epochs < 1 or batch_size < 1:
         raise TrainingError(f"epochs and batch size must be >= 1 (got {epochs}, {batch_size})")
     if last.exists() and not resume:

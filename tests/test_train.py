@@ -85,6 +85,7 @@ def test_existing_run_needs_resume(patch_dir: Path, tmp_path: Path) -> None:
     train(patch_dir, tmp_path / "r", epochs=1, **FAST)
     with pytest.raises(TrainingError, match="--resume"):
         train(patch_dir, tmp_path / "r", epochs=1, **FAST)
+    assert train(patch_dir, tmp_path / "r", epochs=1, resume="auto", **FAST).stopped == "nothing_to_do"
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(patch_dir, tmp_path / "empty", epochs=1, resume=True, **FAST)
     with pytest.raises(TrainingError, match="architecture"):
