@@ -364,6 +364,13 @@ def degrade(patches: torch.Tensor, name: str, grade: float, margin: int, seed: i
     return x[:, :, margin : h - margin, margin : w - margin]
 
 
+def _auc(detail: np.ndarray, nuisance: np.ndarray) -> float:
+    """P(detail response > nuisance response) over images and all column pairs (ties count half);
+    ``detail`` N x D, ``nuisance`` N x U."""
+    d, u = detail[:, :, None], nuisance[:, None, :]
+    return float((d > u).mean() + 0.5 * (d == u).mean())
+
+
 @dataclass
 class SensitivityResult:
     """Responses of several losses to graded degradations and nuisances.
@@ -390,7 +397,8 @@ class SensitivityResult:
         geometric mean of the mean nuisance responses: scale-free, every condition counts alike),
         ``worst`` (mildest detail response / strongest nuisance response; > 1 means even the
         mildest degradation costs more than any nuisance) and ``auc`` (probability, over images and
-        all detail x nuisance condition pairs, that the detail response is the larger). Ratios are
+        all detail x nuisance condition pairs, that the detail response is the larger; ``auc:<degradation>``
+        the same for one degradation's grades against all nuisances). Ratios are
         taken of the loss's root for squared losses (MSE -> RMSE), so squaring does not square the
         ratio; Spearman and AUC are rank-based and need no such care."""
         from scipy.stats import spearmanr
@@ -417,7 +425,10 @@ class SensitivityResult:
             row["worst"] = float((dm.min() / max(nm.max(), tiny)) ** root)
             d = np.stack(list(det.values()), 1)  # N x D
             u = np.stack(list(nui.values()), 1)  # N x U
-            row["auc"] = float((d[:, :, None] > u[:, None, :]).mean() + 0.5 * (d[:, :, None] == u[:, None, :]).mean())
+            row["auc"] = _auc(d, u)
+            for cond, kind in self.kinds.items():
+                if kind == "detail":
+                    row[f"auc:{cond}"] = _auc(np.stack([v for k, v in det.items() if k[0] == cond], 1), u)
             out[loss] = row
         return out
 
@@ -431,9 +442,11 @@ class SensitivityResult:
         cols = [k for k in next(iter(summ.values()))]
         lines = [f"{self.n_patches} held-out patches, {self.size} px; "
                  "ratio/worst/auc: higher = separates lost detail from nuisances better"]
-        lines.append("loss".ljust(wid) + "".join(c.replace("spearman:", "rho ").rjust(13) for c in cols))
+        label = {c: c.replace("spearman:", "rho ").replace("auc:", "auc ") for c in cols}
+        cw = max(9, *(len(v) + 1 for v in label.values()))
+        lines.append("loss".ljust(wid) + "".join(label[c].rjust(cw) for c in cols))
         for loss in losses:
-            lines.append(loss.ljust(wid) + "".join(f"{summ[loss][c]:13.3f}" for c in cols))
+            lines.append(loss.ljust(wid) + "".join(f"{summ[loss][c]:{cw}.3f}" for c in cols))
         lines.append("")
         conds = list(next(iter(self.per_image.values())))
         lines.append("response / geometric-mean nuisance response (per loss)")
