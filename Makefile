@@ -22,7 +22,7 @@ demo: $(STAMP)
 	cd notebooks && for nb in 0*.ipynb; do \
 		echo "== $$nb"; \
 		MSCOPY_WORK=$(abspath $(WORK)) ../$(BIN)/jupyter nbconvert --to notebook --execute \
-			--ExecutePreprocessor.timeout=-1 --output-dir ../$(WORK)/notebooks $$nb || exit 1; \
+			--ExecutePreprocessor.timeout=-1 --output-dir $(abspath $(WORK))/notebooks $$nb || exit 1; \
 	done
 	$(BIN)/python -m aeutils figures --out readme_images
 	@echo "demo done: executed notebooks in $(WORK)/notebooks/, patches in $(WORK)/patches/, figures in readme_images/"

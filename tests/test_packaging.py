@@ -4,7 +4,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+    import tomli as tomllib
 
 import pytest
 import yaml
@@ -21,7 +25,7 @@ REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$")
 def _split(req: str) -> tuple[str, str]:
     m = REQ.match(req)
     assert m, req
-    return m.group(1).lower(), m.group(2).replace(" ", "")
+    return m.group(1).lower(), m.group(2).split(";")[0].split("#")[0].replace(" ", "")
 
 
 def _pyproject() -> dict[str, str]:
