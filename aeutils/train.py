@@ -406,16 +406,27 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def _dist_setup() -> tuple[int, int, bool]:
-    """(rank, world size, whether this call initialised the process group)."""
+def _rank_device(device: str | torch.device | None) -> torch.device:
+    """The device of this process: :func:`pick_device` (quiet except on rank 0); under
+    ``torchrun`` a bare "cuda" becomes ``cuda:$LOCAL_RANK`` so ranks do not share GPU 0."""
+    dev = device if isinstance(device, torch.device) else pick_device(device, quiet=int(os.environ.get("RANK", "0")) != 0)
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def _dist_setup(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call initialised the process group). The backend follows
+    this rank's ``device``: nccl for a CUDA device, gloo otherwise (also on a GPU host run with
+    ``--device cpu``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1, False
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("MSCOPY_DEVICE", "cuda").startswith("cuda") else "gloo"
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     dist.init_process_group(backend=backend)
     return dist.get_rank(), dist.get_world_size(), True
 
@@ -529,7 +540,8 @@ def train(
     """
     started = time.perf_counter()
     patches_dir, out = Path(patches_dir), Path(out_dir)
-    rank, world, own_group = _dist_setup()
+    device = _rank_device(device)
+    rank, world, own_group = _dist_setup(device)
     try:
         return _train(**locals())
     finally:
@@ -540,7 +552,7 @@ def train(
 def _train(  # noqa: C901 - one linear procedure reads best
     *, patches_dir: Path, out: Path, epochs: int, batch_size: int, crop: int, lr: float, weight_decay: float,
     config: AutoencoderConfig | None, resume: bool | str, mse: float, l1: float, ssim: float, vgg: float,
-    vgg_weights: Any, stain_jitter: float, device: Any, workers: int | None, seed: int, max_steps: int | None,
+    vgg_weights: Any, stain_jitter: float, device: torch.device, workers: int | None, seed: int, max_steps: int | None,
     time_budget: float | None, val_limit: int | None, schedule: str, warmup_steps: int | None,
     channels_last: bool, amp: bool | None, log_every: int, progress: bool, verbose: bool, started: float, rank: int,
     world: int, own_group: bool, out_dir: Any,
@@ -556,7 +568,7 @@ def _train(  # noqa: C901 - one linear procedure reads best
         raise TrainingError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
     if resume and not last.exists():
         raise TrainingError(f"{last}: nothing to resume (no last.pt in the run folder)")
-    dev = device if isinstance(device, torch.device) else pick_device(device, quiet=rank != 0)
+    dev: torch.device = device  # chosen in train() before the process group
 
     # data
     train_ds = PatchDataset(patches_dir, "train", crop=crop, stain_jitter=stain_jitter)
