@@ -49,6 +49,7 @@ from aeutils.errors import TrainingError
 from aeutils.io import atomic_write_text
 from aeutils.metrics import psnr, ssim
 from aeutils.model import Autoencoder, AutoencoderConfig
+from aeutils.patches import default_workers
 
 __all__ = [
     "ReconstructionLoss",
@@ -432,7 +433,8 @@ def _dist_setup(device: torch.device) -> tuple[int, int, bool]:
 
 
 def _default_workers(device: torch.device, world: int) -> int:
-    cpus = os.cpu_count() or 1
+    """DataLoader workers per rank from the cores this process may use (CPU affinity, not the host's count)."""
+    cpus = default_workers()
     per_rank = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     if device.type == "cuda":
         return min(8, max(1, per_rank - 1))
