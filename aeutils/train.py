@@ -48,7 +48,7 @@ from aeutils.device import pick_device
 from aeutils.errors import TrainingError
 from aeutils.io import atomic_write_text
 from aeutils.metrics import psnr, ssim
-from aeutils.model import Autoencoder, AutoencoderConfig
+from aeutils.model import Autoencoder, AutoencoderConfig, nearest_valid_sizes
 from aeutils.patches import default_workers
 
 __all__ = [
@@ -485,6 +485,27 @@ def _val_batches(ds: Any, batch_size: int) -> Iterable[torch.Tensor]:
         yield torch.stack([ds[j] for j in range(i, min(len(ds), i + batch_size))])
 
 
+def _check_options(
+    *, crop: int, val_limit: int | None, workers: int | None, max_steps: int | None, lr: float, weight_decay: float,
+    warmup_steps: int | None, stain_jitter: float,
+) -> None:
+    """One-line :class:`TrainingError` (named by the CLI option) for a value the run cannot use,
+    before any process group or data is touched."""
+    if crop < 5 or crop % 4 != 1:
+        lo, hi = nearest_valid_sizes(crop)
+        near = f"{lo}, {hi}" if lo != hi else f"{lo}"
+        raise TrainingError(f"--crop {crop}: training crops must be 4k+1 px, at least 5 (nearest: {near})")
+    for flag, value, low in (
+        ("--val-limit", val_limit, 0), ("--workers", workers, 0), ("--max-steps", max_steps, 1),
+        ("--warmup-steps", warmup_steps, 0),
+    ):
+        if value is not None and value < low:
+            raise TrainingError(f"{flag} {value}: must be >= {low}" + (" (0: all patches)" if flag == "--val-limit" else ""))
+    for flag, fvalue, strict in (("--lr", lr, True), ("--weight-decay", weight_decay, False), ("--stain-jitter", stain_jitter, False)):
+        if not math.isfinite(fvalue) or fvalue < 0 or (strict and fvalue == 0):
+            raise TrainingError(f"{flag} {fvalue:g}: must be {'> 0' if strict else '>= 0'}")
+
+
 def train(
     patches_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -541,6 +562,10 @@ def train(
     data, an existing run without ``resume``, or a NaN/inf loss (the last good checkpoint is kept).
     """
     started = time.perf_counter()
+    _check_options(
+        crop=crop, val_limit=val_limit, workers=workers, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, stain_jitter=stain_jitter,
+    )
     patches_dir, out = Path(patches_dir), Path(out_dir)
     device = _rank_device(device)
     rank, world, own_group = _dist_setup(device)

@@ -146,6 +146,29 @@ def test_cli_train_outputs(patch_dir: Path, tmp_path: Path, capsys: pytest.Captu
     assert "fewer than one batch" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option, message",
+    [(["--crop", "180"], "--crop 180: training crops must be 4k+1 px, at least 5 (nearest: 177, 181)"),
+     (["--val-limit", "-1"], "--val-limit -1: must be >= 0 (0: all patches)")],
+)
+def test_cli_bad_option_is_one_error_line(patch_dir: Path, tmp_path: Path, option: list[str], message: str) -> None:
+    """A bad option value: exit code 2 and one 'error:' line, no traceback (a real process, as a user runs it)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "aeutils", "train", str(patch_dir), "--out", str(tmp_path / "run"), "--no-progress",
+           "--device", "cpu", *option]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {message}"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_trainer_learns_and_bf16_step_on_cpu() -> None:
     torch.manual_seed(0)
     x = torch.nn.functional.interpolate(torch.rand(8, 3, 9, 9), size=(33, 33), mode="bilinear")
