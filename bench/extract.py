@@ -2,8 +2,8 @@
 
 The slide: a large multi-level pyramidal TIFF (JPEG tiles, 256 px, levels 1/4/16) made by tiling the
 bundled sample slide's level-0 pixels (default 6 x 4 copies = 13320 x 11868 px), cached under
-``bench/out/`` (or ``--slide`` an existing one). Both arms write 181 px level-0 PNGs of every tissue
-cell of the same grid:
+``--out`` (default ``bench/out/``, which also holds both arms' outputs; or ``--slide`` an existing one).
+Both arms write 181 px level-0 PNGs of every tissue cell of the same grid:
 
 * naive: one ``OpenSlide.read_region`` + ``Image.convert("RGB").save(png)`` (PIL defaults) per patch,
   one process, given the grid for free (its planning is not timed);
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "out"
+OUT = HERE / "out"  # default --out: the cached slide and the two arms' outputs
 
 
 def build_slide(path: Path, reps_x: int, reps_y: int, *, tile: int = 256, quality: int = 80) -> Path:
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int, default=None)
     p.add_argument("--workers", type=int, default=None, help="extract's processes (default: every core)")
     p.add_argument("--check", type=int, default=None, help="compare this many random patches (default all)")
-    p.add_argument("--keep-output", action="store_true", help="keep the PNGs under bench/out/")
+    p.add_argument("--out", type=Path, default=OUT, help="folder for the cached slide and the outputs (bench/out)")
+    p.add_argument("--keep-output", action="store_true", help="keep the PNGs under --out")
     p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each arm, averaged (2)")
     args = p.parse_args(argv)
 
@@ -120,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.repeats = 1
     stride = args.stride if args.stride is not None else (2 * args.patch_size if args.smoke else None)
-    slide = args.slide or build_slide(OUT / f"bench_sample_{reps[0]}x{reps[1]}.tiff", *reps)
+    slide = args.slide or build_slide(args.out / f"bench_sample_{reps[0]}x{reps[1]}.tiff", *reps)
     workers = args.workers or default_workers()
     plan = plan_slide(slide, args.patch_size, 0, stride)
     cells = plan.cells
     w, h = plan.tissue.mask.shape[1] / plan.tissue.scale[0], plan.tissue.mask.shape[0] / plan.tissue.scale[1]
     print(f"slide: {slide} ({w:.0f} x {h:.0f} px, {plan.path.stat().st_size / 2**20:.0f} MiB), "
           f"{len(cells)} tissue patches of {args.patch_size} px, stride {plan.stride}")
-    run_dir = OUT / ("smoke" if args.smoke else "run")
+    run_dir = args.out / ("smoke" if args.smoke else "run")
     shutil.rmtree(run_dir, ignore_errors=True)
     a_dir, n_dir = run_dir / "aeutils", run_dir / "naive"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_extract_smoke() -> None:
+def test_bench_extract_smoke(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "extract.py"), "--smoke", "--workers", "2"],
+        [sys.executable, str(ROOT / "bench" / "extract.py"), "--smoke", "--workers", "2", "--out", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert r.returncode == 0, r.stdout + r.stderr
