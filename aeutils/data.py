@@ -10,11 +10,12 @@ Train/validation split (one rule everywhere, so the shipped model never saw its 
 * one slide: split by **region**: the bottom ``VALIDATION_FRACTION`` (25 %) of the slide's height
   is validation. A patch is validation if ``y >= 0.75 * H``, training if
   ``y + size * downsample <= 0.75 * H``; patches straddling the line are dropped.
-  ``H`` is the slide's level-0 height. ``manifest.csv`` does not store it, so it is taken from
-  ``slide_heights`` if given, else the bundled sample slide's known height, else derived as the
-  largest ``y + size * downsample`` of that slide's rows (never more than the true height, so the
-  cut is at or above the true one and no training patch reaches into the true validation region).
-  ``downsample`` is a ``downsample`` manifest column if present, else 1 at level 0 and
+  ``H`` is the slide's level-0 height: ``slide_heights`` if given, else the ``slide_height``
+  column of ``manifest.csv`` (written by :func:`aeutils.patches.extract`), else (older manifests,
+  plain folders) the bundled sample slide's known height, else derived as the largest
+  ``y + size * downsample`` of that slide's rows (never more than the true height, so the cut is
+  at or above the true one and no training patch reaches into the true validation region).
+  ``downsample`` is the manifest's ``downsample`` column if present, else 1 at level 0 and
   ``2**level`` above (the usual pyramid).
 * a plain folder of images: file names ``<slide>_<x>_<y>.<ext>`` (what ``extract`` writes) are
   split as above; other names by a stable hash of the file name (25 % validation).
@@ -26,7 +27,6 @@ also has a timeout.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import os
@@ -34,11 +34,12 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from aeutils.errors import PatchError
+from aeutils.patches import read_manifest  # torch-free: the one manifest reader
 from aeutils.sample import SAMPLE_DIMENSIONS, SAMPLE_NAME, sample_slide
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,33 +82,17 @@ class PatchRecord:
     level: int = 0
     downsample: float = 1.0
     label: str | None = None
+    slide_height: int | None = None  # level-0 height of the slide, when the manifest stores it
 
 
 # --------------------------------------------------------------------------- discovery
 
 
-def _read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
-    try:
-        with open(manifest, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
-        raise PatchError(f"{manifest}: unreadable manifest ({exc})") from None
-    if rows and "path" not in rows[0]:
-        raise PatchError(f"{manifest}: not a patch manifest (no 'path' column)")
-    return rows
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
 def find_patches(source: str | os.PathLike[str]) -> list[PatchRecord]:
-    """All patch images under ``source``: an extraction output (``manifest.csv`` with columns
-    path, slide, level, x, y, size, ...; paths relative to it) or a folder of images (flat or one
-    sub-folder per class, searched recursively, sorted). Raises PatchError if there are none."""
+    """All patch images under ``source``: an extraction output (``manifest.csv``, read with
+    :func:`aeutils.patches.read_manifest`; paths relative to it) or a folder of images (flat or one
+    sub-folder per class, searched recursively, sorted). Raises PatchError if there are none or the
+    manifest is malformed."""
     root = Path(source)
     if not root.exists():
         raise PatchError(f"{root}: no such patch folder")
@@ -118,20 +103,20 @@ def find_patches(source: str | os.PathLike[str]) -> list[PatchRecord]:
     manifest = root / "manifest.csv"
     records: list[PatchRecord] = []
     if manifest.is_file():
-        for row in _read_manifest_rows(manifest):
-            level = _int_or_none(row.get("level")) or 0
+        for row in read_manifest(root):
+            level = row["level"]
             ds = row.get("downsample")
-            downsample = float(ds) if ds not in (None, "") else float(2**level)
             records.append(
                 PatchRecord(
                     path=root / row["path"],
-                    slide=row.get("slide") or None,
-                    x=_int_or_none(row.get("x")),
-                    y=_int_or_none(row.get("y")),
-                    size=_int_or_none(row.get("size")),
+                    slide=row["slide"] or None,
+                    x=row["x"],
+                    y=row["y"],
+                    size=row["size"],
                     level=level,
-                    downsample=downsample,
-                    label=row.get("label") or None,
+                    downsample=float(ds) if ds is not None else float(2**level),
+                    label=None if row["label"] is None else str(row["label"]),
+                    slide_height=row.get("slide_height"),
                 )
             )
     else:
@@ -168,8 +153,12 @@ def region_split(y: float, footprint: float, height: float, fraction: float = VA
 
 
 def _slide_height(name: str, recs: Sequence[PatchRecord], slide_heights: dict[str, int] | None) -> float:
+    """Level-0 height of slide ``name``: given, stored in the manifest, the sample's, or derived."""
     if slide_heights and name in slide_heights:
         return float(slide_heights[name])
+    stored = {r.slide_height for r in recs if r.slide_height}
+    if stored:
+        return float(max(stored))
     if name == _SAMPLE_STEM:
         return float(SAMPLE_DIMENSIONS[1])
     return float(max((r.y or 0) + (r.size or _image_side(r.path)) * r.downsample for r in recs))

@@ -38,7 +38,7 @@ def write_patch_dir(
                 (root / "unlabeled").mkdir(parents=True, exist_ok=True)
                 Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / rel)
                 rows.append(dict(path=rel, slide=slide, level=0, x=x, y=y, size=size, mpp=0.5,
-                                 tissue_fraction=1.0, tumour_fraction=0.0, label="unlabeled"))
+                                 tissue_fraction=1.0, tumour_fraction=0.0, label=""))
     with open(root / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, COLUMNS)
         w.writeheader()
@@ -67,6 +67,26 @@ def test_single_slide_split_by_region(tmp_path: Path) -> None:
     # an explicit slide height moves the line
     val_big = split_records(recs, "val", slide_heights={"s1": 1000})
     assert val_big == []
+
+
+def test_single_slide_split_uses_the_stored_slide_height(tmp_path: Path) -> None:
+    """A manifest with a ``slide_height`` column (what extract writes) splits at 0.75 x that height,
+    not at the height guessed from the patches; an explicit ``slide_heights`` still wins."""
+    write_patch_dir(tmp_path, {"s1": 401})  # patches down to y + size = 401
+    with open(tmp_path / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, [*COLUMNS, "downsample", "slide_width", "slide_height"])
+        w.writeheader()
+        w.writerows({**r, "downsample": "1", "slide_width": "1000", "slide_height": "200"} for r in rows)
+    recs = find_patches(tmp_path)
+    assert {r.slide_height for r in recs} == {200}
+    train, val = split_records(recs, "train"), split_records(recs, "val")
+    assert train and val
+    assert all(r.y + r.size <= 150 for r in train)  # line 0.75 * 200 = 150, not 0.75 * 401
+    assert all(r.y >= 150 for r in val)
+    assert min(r.y for r in val) == 160  # the first grid row below the stored line (guessed: 320)
+    assert min(r.y for r in split_records(recs, "val", slide_heights={"s1": 401})) == 320
 
 
 def test_multi_slide_split_by_slide(tmp_path: Path) -> None:
