@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aeutils.slides import open_slide
-from aeutils.tissue import TissueMask, detect_tissue, tissue_mask
+from aeutils.tissue import TissueMask, detect_tissue, saturation, tissue_mask
 from synthetic import synthetic_image, write_slide
 
 
@@ -19,6 +19,18 @@ def test_mask_finds_the_rectangles() -> None:
     truth[150:250, 250:350] = True
     assert 0.07 <= thr < 0.6
     assert (mask == truth).mean() > 0.995
+
+
+def test_saturation_matches_skimage_rgb2hsv() -> None:
+    from skimage.color import rgb2hsv
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    img[0, :3] = [[0, 0, 0], [7, 7, 7], [255, 255, 255]]  # black (max 0) and greys: saturation 0
+    sat = saturation(img)
+    assert sat.shape == (64, 48) and sat.dtype == np.float32
+    np.testing.assert_allclose(sat, rgb2hsv(img)[..., 1], atol=1e-6)
+    assert (sat[0, :3] == 0).all()
 
 
 def test_blank_glass_and_black_padding_are_not_tissue() -> None:
