@@ -8,8 +8,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Keep the CPU tests predictable on small CI machines.
+# Keep the CPU tests predictable on small CI machines: at most two OpenMP threads, and idle threads
+# sleep instead of spinning (spinning threads made subprocess-heavy tests, e.g. torchrun ranks and
+# notebook kernels, many times slower when they shared the two cores). Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
