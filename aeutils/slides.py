@@ -176,11 +176,6 @@ def read_rgb(osr: Any, x: int, y: int, level: int, w: int, h: int) -> np.ndarray
     return np.asarray(osr.read_region((x, y), level, (w, h)).convert("RGB"))
 
 
-def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """Drop alpha exactly as PIL's ``Image.convert("RGB")`` does on OpenSlide output (a copy, h x w x 3)."""
-    return np.ascontiguousarray(rgba[..., :3])
-
-
 def open_slide(path: str | os.PathLike[str]) -> Slide:
     """Open a whole-slide image (any OpenSlide format). Raises :class:`SlideError` with the file named."""
     return Slide(path)
