@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+
+from patchdirs import write_patches
 
 from aeutils.checkpoint import load_checkpoint, weights_digest
 from aeutils.train import DIGEST_ENV
@@ -17,26 +17,8 @@ from aeutils.train import DIGEST_ENV
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _write_patches(root: Path, size: int = 37, height: int = 200) -> Path:
-    rng = np.random.default_rng(1)
-    (root / "unlabeled").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for y in range(0, height - size + 1, 20):
-        for x in (0, 20):
-            rel = f"unlabeled/s1_{x}_{y}.png"
-            small = rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)
-            Image.fromarray(small).resize((size, size), Image.BILINEAR).save(root / rel)
-            rows.append(dict(path=rel, slide="s1", level=0, x=x, y=y, size=size, mpp=0.5, tissue_fraction=1.0,
-                             tumour_fraction="", label=""))
-    with open(root / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return root
-
-
 def test_torchrun_two_cpu_ranks_end_identical(tmp_path: Path) -> None:
-    patches = _write_patches(tmp_path / "patches")
+    patches = write_patches(tmp_path / "patches", size=37, seed=1, xs=(0, 20))
     run = tmp_path / "run"
     env = {**os.environ, DIGEST_ENV: "1", "OMP_NUM_THREADS": "1", "MSCOPY_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
     cmd = [

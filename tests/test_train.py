@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from patchdirs import write_patches
 
 from aeutils.checkpoint import load_checkpoint, read_checkpoint
 from aeutils.errors import TrainingError
@@ -25,25 +26,6 @@ from aeutils.train import (
 
 TINY = AutoencoderConfig(n_blocks=1, widths=(8, 8, 4))
 FAST = dict(batch_size=4, crop=33, config=TINY, device="cpu", workers=0, progress=False, val_limit=8, lr=3e-3)
-
-
-def write_patches(root: Path, size: int = 41, height: int = 200, seed: int = 0) -> Path:
-    """A one-slide extraction output: smooth random PNG patches on a grid, plus manifest.csv."""
-    rng = np.random.default_rng(seed)
-    (root / "unlabeled").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for y in range(0, height - size + 1, 20):
-        for x in (0, 20, 40):
-            small = rng.integers(0, 256, (size // 4 + 1, size // 4 + 1, 3), dtype=np.uint8)
-            rel = f"unlabeled/s1_{x}_{y}.png"
-            Image.fromarray(small).resize((size, size), Image.BILINEAR).save(root / rel)
-            rows.append(dict(path=rel, slide="s1", level=0, x=x, y=y, size=size, mpp=0.5, tissue_fraction=1.0,
-                             tumour_fraction="", label=""))
-    with open(root / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return root
 
 
 @pytest.fixture(scope="module")
