@@ -151,6 +151,29 @@ def test_cli_bad_option_is_one_error_line(patch_dir: Path, tmp_path: Path, optio
     assert not (tmp_path / "run").exists()
 
 
+def test_ddp_backend_follows_the_rank_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU device pairs with gloo even on a GPU host; a bare "cuda" under torchrun is cuda:LOCAL_RANK."""
+    import aeutils.train as tr
+
+    seen: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a GPU host
+    monkeypatch.setattr(tr.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tr.dist, "init_process_group", lambda backend: seen.append(backend))
+    monkeypatch.setattr(tr.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(tr.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: seen.append(str(d)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("MSCOPY_DEVICE", raising=False)
+    assert tr._dist_setup(tr._rank_device("cpu")) == (1, 2, True) and seen == ["gloo"]
+    seen.clear()
+    dev = tr._rank_device("cuda")
+    assert dev == torch.device("cuda", 1)
+    tr._dist_setup(dev)
+    assert seen == ["cuda:1", "nccl"]
+
+
 def test_trainer_learns_and_bf16_step_on_cpu() -> None:
     torch.manual_seed(0)
     x = torch.nn.functional.interpolate(torch.rand(8, 3, 9, 9), size=(33, 33), mode="bilinear")
