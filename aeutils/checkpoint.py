@@ -276,3 +276,24 @@ def load_pretrained(map_location: str | torch.device = "cpu") -> Autoencoder:
         )
         raise CheckpointError(f"{path}: no such checkpoint file ({why})")
     return load_model(path, map_location)
+
+
+def resolve_model(
+    model_or_path: Autoencoder | str | os.PathLike[str] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> Autoencoder:
+    """The one way callers turn "a model, a checkpoint path, or nothing" into an :class:`Autoencoder`.
+
+    An ``Autoencoder`` is returned as it is (not moved, mode untouched); a ``str``/``PathLike`` is loaded
+    with :func:`load_model` (eval mode, on ``map_location``); ``None`` gives :func:`load_pretrained`.
+    Anything else raises ``TypeError``.
+    """
+    if model_or_path is None:
+        return load_pretrained(map_location)
+    if isinstance(model_or_path, (str, os.PathLike)):
+        return load_model(model_or_path, map_location)
+    if isinstance(model_or_path, Autoencoder):
+        return model_or_path
+    raise TypeError(
+        f"expected an Autoencoder, a checkpoint path or None, got {type(model_or_path).__name__}"
+    )

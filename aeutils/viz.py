@@ -209,19 +209,6 @@ def encode_batch(
     )
 
 
-def _load_model(model: "Autoencoder | str | os.PathLike[str] | None") -> "Autoencoder":
-    """The model itself, a checkpoint path, or None for the shipped model (eval mode, CPU)."""
-    if model is None:
-        from aeutils.checkpoint import load_pretrained
-
-        return load_pretrained()
-    if isinstance(model, (str, os.PathLike)):
-        from aeutils.checkpoint import load_model
-
-        return load_model(model)
-    return model
-
-
 def _manifest_mpp(source: Path) -> float | None:
     """The one ``mpp`` of an extraction folder's manifest.csv (None if absent or mixed)."""
     manifest = source / "manifest.csv"
@@ -475,7 +462,9 @@ class Explorer:
             if "latent" not in self.encoded.features:
                 self.encoded.features = {**self.encoded.features, "latent": self.encoded.latent}
         else:
-            self.model = _load_model(model)
+            from aeutils.checkpoint import resolve_model
+
+            self.model = resolve_model(model)
             x, self.mpp = _load_patches(patches, n, size, mpp)
             if x.shape[0] == 0:
                 raise PatchError("no patches to explore")
@@ -645,7 +634,9 @@ def write_figures(
     output batch, and the sample slide with its patches. Deterministic for a given model and
     patch source (no timestamps or versions in the PNGs). Returns the paths written.
     """
-    ae = _load_model(model)
+    from aeutils.checkpoint import resolve_model
+
+    ae = resolve_model(model)
     x, mpp = _load_patches(patches, n, 181, mpp)
     e = encode_batch(ae, x)
     figures = {

@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from aeutils.checkpoint import load_model, load_pretrained, pretrained_path
+    from aeutils.checkpoint import pretrained_path, resolve_model
     from aeutils.data import sample_patches
     from aeutils.loss import DEFAULT_LAYER_WEIGHTS, sensitivity_table
     from aeutils.model import Autoencoder
 
     margin = 4
-    trained = load_model(args.checkpoint) if args.checkpoint else load_pretrained()
+    trained = resolve_model(args.checkpoint)
     torch.manual_seed(args.seed + 12345)  # not the seed a random-init checkpoint was likely saved with
     control = Autoencoder(trained.config).eval()
     t0 = time.perf_counter()

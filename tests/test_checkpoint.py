@@ -17,6 +17,7 @@ from aeutils.checkpoint import (
     load_model,
     load_pretrained,
     read_checkpoint,
+    resolve_model,
     save_checkpoint,
 )
 from aeutils.errors import CheckpointError
@@ -289,3 +290,21 @@ def test_load_pretrained_missing_file(tmp_path: Path, monkeypatch: pytest.Monkey
     assert str(missing) in str(info.value)
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         aeutils.load_pretrained()
+
+
+def test_resolve_model_passes_models_through_and_loads_paths_or_the_shipped_model(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = trained_ish().train()
+    assert resolve_model(model) is model and model.training  # as given: not copied, mode untouched
+    with torch.no_grad():
+        for path in (good, str(good)):
+            loaded = resolve_model(path)
+            assert isinstance(loaded, Autoencoder) and not loaded.training
+            assert torch.equal(loaded(x17()), load_model(good)(x17()))
+        monkeypatch.setenv("MSCOPY_PRETRAINED", str(good))
+        assert torch.equal(resolve_model()(x17()), load_model(good)(x17()))
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        resolve_model(tmp_path / "gone.pt")
+    with pytest.raises(TypeError, match="checkpoint path"):
+        resolve_model(42)  # type: ignore[arg-type]

@@ -284,7 +284,7 @@ def test_explorer_on_an_extraction_folder(tiny_model: Autoencoder, patches: "tor
     for i, p in enumerate(patches[:2]):
         name = f"normal/s_{i * 181}_0.png"
         Image.fromarray((p.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / name)
-        rows.append(f"{name},s,1,{i * 362},0,181,0.998,1.0,0.0,normal")
+        rows.append(f"{name},s,1,{i * 362},0,181,0.998,1.0,0.0,0")  # label 0 = normal (patches.LABEL_DIRS)
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     ex = viz.Explorer(tmp_path, tiny_model)
     assert ex.index.max == 1 and ex.mpp == pytest.approx(0.998)  # level 1: the manifest's pixel size
