@@ -20,11 +20,11 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aeutils.errors import CheckpointError
 from aeutils.model import STAGES, Autoencoder, check_size
+from aeutils.resample import bicubic_down, bicubic_up
 
 #: default tap weights: the first stage (1/2 resolution) is the most detail-sensitive tap and the deeper
 #: ones mostly add colour/brightness response (``bench/loss_sensitivity.py``, notebook 05); stopping
@@ -336,9 +336,8 @@ def degrade(patches: torch.Tensor, name: str, grade: float, margin: int, seed: i
         radius = max(1, math.ceil(3 * grade))
         x = TF.gaussian_blur(x, [2 * radius + 1] * 2, [float(grade)] * 2)
     elif name == "down-up":
-        small = (max(1, round(h / grade)), max(1, round(w / grade)))
-        x = F.interpolate(x, size=small, mode="bicubic", antialias=True, align_corners=False)
-        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+        small = (max(1, round(h / grade)), max(1, round(w / grade)))  # grade need not divide h
+        x = bicubic_up(bicubic_down(x, small, clamp=False), size=(h, w))
     elif name == "noise":
         g = torch.Generator().manual_seed(seed)
         x = (x + grade * torch.randn(x.shape, generator=g).to(x)).clamp(0, 1)

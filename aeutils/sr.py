@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeutils.errors import TrainingError
+from aeutils.resample import bicubic_down, bicubic_up
 
 SCALE = 4
 LOSSES = ("mse", "mse+encoding")
@@ -32,13 +33,13 @@ def downscale(hr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
     h, w = hr.shape[-2:]
     if h % scale or w % scale:
         raise ValueError(f"HR size {h}x{w} px is not a multiple of the scale {scale}")
-    lr = F.interpolate(hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
-    return lr.clamp(0, 1)
+    return bicubic_down(hr, (h // scale, w // scale))
 
 
-def upscale_bicubic(lr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
-    """The baseline: bicubic upsampling, Nx3xhxw -> Nx3x(scale*h)x(scale*w), clamped to [0, 1]."""
-    return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+def upscale_bicubic(lr: torch.Tensor, scale: int = SCALE, *, clamp: bool = True) -> torch.Tensor:
+    """The baseline: bicubic upsampling, Nx3xhxw -> Nx3x(scale*h)x(scale*w), clamped to [0, 1]
+    (``clamp=False``: unclamped, as :class:`SRNet` adds its residual to it)."""
+    return bicubic_up(lr, scale=scale, clamp=clamp)
 
 
 def encoder_crop(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ class SRNet(nn.Module):
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"expected an Nx3xhxw RGB batch in [0, 1], got shape {tuple(lr.shape)}")
         h = self.head(lr)
-        y = F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False) + self.up(h + self.body(h))
+        y = upscale_bicubic(lr, SCALE, clamp=False) + self.up(h + self.body(h))
         return y if self.training else y.clamp(0, 1)
 
 
