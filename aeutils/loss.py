@@ -433,6 +433,47 @@ class SensitivityResult:
             out[loss] = row
         return out
 
+    def relative_response(self, loss: str, *, root: bool = True) -> dict[tuple[str, float], float]:
+        """Mean response of ``loss`` per ``(condition, grade)`` divided by the geometric mean of its mean
+        nuisance responses (1 = a typical nuisance), so different losses read on one scale. ``root``:
+        take the loss's root first for squared losses (MSE -> RMSE, see ``powers``); ``False`` gives the
+        squared losses as they are (what :meth:`to_text` prints)."""
+        table = self.per_image[loss]
+        nm = np.array([v.mean() for k, v in table.items() if self.kinds[k[0]] == "nuisance"])
+        ref = float(np.exp(np.log(nm + 1e-30).mean()))
+        p = self.powers.get(loss, 1) if root else 1
+        return {k: float((v.mean() / ref) ** (1.0 / p)) for k, v in table.items()}
+
+    def verdict(self, encoder: str = "trained", controls: tuple[str, ...] = ("random", "pixel MSE"),
+                best_by: str = "auc") -> str:
+        """Plain-text verdict computed from :meth:`summary`: for ``ratio`` and ``auc``, is ``encoder``
+        (the default EncodingLoss on the trained model) better than every one of ``controls``; the same
+        per detail degradation (``auc:<degradation>``); and the best variant of ``encoder`` and of the
+        first control by ``best_by``. Controls missing from the result are skipped."""
+        summ = self.summary()
+        ctrl = [c for c in controls if c in summ]
+        if encoder not in summ:
+            raise ValueError(f"no loss {encoder!r} in this result; losses are {list(summ)}")
+        lines = []
+        for key in ("ratio", "auc"):
+            t = summ[encoder][key]
+            better = all(t > summ[c][key] for c in ctrl)
+            vs = "".join(f" vs {c} {summ[c][key]:.3f}" for c in ctrl)
+            lines.append(f"{key}: {encoder} {t:.3f}{vs} -> {encoder} encoder "
+                         f"{'better than' if better else 'NOT better than'} {'both controls' if len(ctrl) == 2 else 'the controls'}")
+        per = [k for k in summ[encoder] if k.startswith("auc:")]
+        if per and ctrl:
+            wins = [k[4:] for k in per if all(summ[encoder][k] > summ[c][k] for c in ctrl)]
+            rest = [k[4:] for k in per if k[4:] not in wins]
+            lines.append(f"per degradation (auc): {encoder} beats {' and '.join(ctrl)} on "
+                         f"{', '.join(wins) or 'none'}; not on {', '.join(rest) or 'none'}")
+        for name in (encoder, *ctrl[:1]):
+            variants = [k for k in summ if k == name or k.startswith(f"{name}:")]
+            best = max(variants, key=lambda k: summ[k][best_by])
+            lines.append(f"best {name} variant by {best_by}: {best} "
+                         f"(auc {summ[best]['auc']:.3f}, ratio {summ[best]['ratio']:.3f})")
+        return "\n".join(lines)
+
     def to_text(self, response_losses: list[str] | None = None) -> str:
         """Two plain-text tables: the summary per loss, then (for ``response_losses``, default the
         first three) each loss's mean response per condition divided by its geometric-mean nuisance
@@ -453,14 +494,10 @@ class SensitivityResult:
         lines.append("response / geometric-mean nuisance response (per loss)")
         head = [f"{c} {g:g}" for c, g in conds]
         losses = response_losses or losses[:3]
+        rel = {loss: self.relative_response(loss, root=False) for loss in losses}
         lines.append("condition".ljust(16) + "".join(s[:wid].rjust(wid) for s in losses))
         for (c, g), label in zip(conds, head):
-            cells = []
-            for loss in losses:
-                table = self.per_image[loss]
-                nm = np.array([v.mean() for k, v in table.items() if self.kinds[k[0]] == "nuisance"])
-                ref = float(np.exp(np.log(nm + 1e-30).mean()))
-                cells.append(f"{table[(c, g)].mean() / ref:{wid}.3g}")
+            cells = [f"{rel[loss][(c, g)]:{wid}.3g}" for loss in losses]
             lines.append(f"{self.kinds[c][0]} {label}".ljust(16) + "".join(cells))
         for k, v in self.notes.items():
             lines.append(f"{k}: {v}")

@@ -50,16 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {args.checkpoint or pretrained_path()}; default layer_weights {DEFAULT_LAYER_WEIGHTS}; "
           f"{time.perf_counter() - t0:.0f} s")
     print(res.to_text(["pixel MSE", "trained", "random", "trained:stage1", "random:stage1"]))
-    summ = res.summary()
     print()
-    for key in ("ratio", "auc"):
-        t, r, m = summ["trained"][key], summ["random"][key], summ["pixel MSE"][key]
-        verdict = "better than both controls" if t > max(r, m) else "NOT better than both controls"
-        print(f"{key}: trained {t:.3f} vs random {r:.3f} vs pixel MSE {m:.3f} -> trained encoder {verdict}")
-    best = max((k for k in summ if k.startswith("trained")), key=lambda k: summ[k]["ratio"])
-    best_r = max((k for k in summ if k.startswith("random")), key=lambda k: summ[k]["ratio"])
-    print(f"best trained variant by ratio: {best} ({summ[best]['ratio']:.3f}, auc {summ[best]['auc']:.3f}); "
-          f"best random variant: {best_r} ({summ[best_r]['ratio']:.3f}, auc {summ[best_r]['auc']:.3f})")
+    print(res.verdict(best_by="ratio"))
     return 0
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from aeutils.checkpoint import save_checkpoint
 from aeutils.errors import AeutilsError, CheckpointError
-from aeutils.loss import EncodingLoss, VGGContentLoss, degrade, sensitivity_table
+from aeutils.loss import EncodingLoss, SensitivityResult, VGGContentLoss, degrade, sensitivity_table
 from aeutils.model import STAGES, Autoencoder, AutoencoderConfig
 
 SMALL = AutoencoderConfig(widths=(8, 4, 2), n_blocks=1)
@@ -205,3 +206,35 @@ def test_sensitivity_table_small(model):
     for row in summ.values():
         assert row["ratio"] > 0 and 0 <= row["auc"] <= 1
     assert "trained:latent" in res.to_text()
+
+
+def _result(trained_blur: float, trained_noise: float) -> SensitivityResult:
+    """Hand-made responses of 2 images: nuisance "shift" costs 1 for every loss (MSE: 4, squared)."""
+    a = lambda v: np.full(2, float(v))  # noqa: E731
+    per = {
+        "pixel MSE": {("blur", 1.0): a(9), ("noise", 1.0): a(9), ("shift", 1.0): a(4)},
+        "trained": {("blur", 1.0): a(trained_blur), ("noise", 1.0): a(trained_noise), ("shift", 1.0): a(1)},
+        "random": {("blur", 1.0): a(2), ("noise", 1.0): a(2), ("shift", 1.0): a(1)},
+    }
+    return SensitivityResult(per, {"blur": "detail", "noise": "detail", "shift": "nuisance"}, 2, 33,
+                             powers={"pixel MSE": 2, "trained": 1, "random": 1})
+
+
+def test_relative_response_is_on_the_nuisance_scale_and_roots_squared_losses():
+    res = _result(3, 0.5)
+    assert res.relative_response("trained") == {("blur", 1.0): 3.0, ("noise", 1.0): 0.5, ("shift", 1.0): 1.0}
+    assert res.relative_response("pixel MSE")[("blur", 1.0)] == pytest.approx(1.5)  # sqrt(9 / 4)
+    assert res.relative_response("pixel MSE", root=False)[("blur", 1.0)] == pytest.approx(2.25)
+    assert "2.25" in res.to_text()
+
+
+def test_verdict_is_computed_from_the_numbers():
+    good = _result(3, 3).verdict()
+    assert "auc: trained 1.000 vs random 1.000" in good  # ties are not wins
+    assert "ratio: trained 3.000 vs random 2.000 vs pixel MSE 1.500 -> trained encoder better than both" in good
+    bad = _result(3, 0.5).verdict()
+    assert "ratio: trained 1.225" in bad and "NOT better than both controls" in bad
+    assert "per degradation (auc): trained beats random and pixel MSE on none; not on blur, noise" in bad
+    assert "best trained variant by auc: trained" in bad
+    with pytest.raises(ValueError, match="no loss 'nope'"):
+        _result(3, 3).verdict("nope")
