@@ -1,7 +1,7 @@
 """Cost of the perceptual loss: forward + backward time per 181 px image, EncodingLoss vs VGG19 relu3_1.
 
-    python bench/loss_cost.py              # CPU, shipped model, batch 4, 7 interleaved repeats
-    python bench/loss_cost.py --device cuda --batch 16
+    python bench/loss_cost.py              # best device (CUDA > MPS > CPU, $MSCOPY_DEVICE), shipped model, batch 4
+    python bench/loss_cost.py --device cpu --batch 16
     python bench/loss_cost.py --smoke      # seconds: 65 px, 1 image, 2 repeats (pytest runs this)
 
 Both losses run in the same process on the same batches, interleaved (A, B, A, B, ...; the first
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="images per forward/backward")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds per loss (after one warm-up)")
     ap.add_argument("--checkpoint", default=None, help="autoencoder checkpoint (default: the shipped model)")
-    ap.add_argument("--device", default="cpu", help="cpu | cuda | mps (default cpu)")
+    ap.add_argument("--device", default=None,
+                    help="cpu | cuda | cuda:N | mps (default: aeutils.device.pick_device, i.e. $MSCOPY_DEVICE or the best available)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-unfused", action="store_true", help="skip the EncodingLoss(fuse=False) row")
     args = ap.parse_args(argv)
@@ -64,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from aeutils.device import pick_device
     from aeutils.loss import EncodingLoss, VGGContentLoss
     from aeutils.model import check_size
 
     check_size(args.size, args.size)
-    dev = torch.device(args.device)
+    dev = pick_device(args.device, quiet=True)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     kw = {"checkpoint": args.checkpoint} if args.checkpoint else {}
     losses = {"EncodingLoss": EncodingLoss(**kw).to(dev), "VGGContentLoss": VGGContentLoss(random_weights=True).to(dev)}
