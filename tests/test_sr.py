@@ -35,6 +35,26 @@ def test_untrained_net_is_bicubic():
     torch.testing.assert_close(SRNet(channels=8, n_blocks=1).eval()(lr), upscale_bicubic(lr))
 
 
+def test_one_bicubic_everywhere_matches_plain_interpolate():
+    """sr and loss.degrade resample through aeutils.resample; values equal the direct F.interpolate calls."""
+    from torch.nn.functional import interpolate
+
+    from aeutils.loss import degrade
+    from aeutils.resample import bicubic_up
+
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    lr = interpolate(x, size=(12, 12), mode="bicubic", antialias=True, align_corners=False)
+    assert torch.equal(downscale(x), lr.clamp(0, 1))
+    up = interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    assert torch.equal(upscale_bicubic(lr), up.clamp(0, 1)) and torch.equal(upscale_bicubic(lr, clamp=False), up)
+    y = x[:, :, :41, :41]
+    small = interpolate(y, size=(14, 14), mode="bicubic", antialias=True, align_corners=False)  # 41 / 3, rounded
+    back = interpolate(small, size=(41, 41), mode="bicubic", align_corners=False).clamp(0, 1)
+    assert torch.equal(degrade(y, "down-up", 3.0, 4), back[:, :, 4:-4, 4:-4])
+    with pytest.raises(ValueError, match="exactly one"):
+        bicubic_up(lr)
+
+
 @pytest.mark.parametrize("loss", ["mse", "mse+encoding"])
 def test_few_steps_reduce_loss(loss):
     patches = _smooth_patches(8, 32)
