@@ -11,7 +11,7 @@ bottom 25% of the slide, never trained on) it compares, in PSNR (dB) and SSIM (`
 * JPEG (Pillow, 4:2:0, optimised Huffman tables) at the encoding's byte budgets: per patch, the
   quality whose file is the largest that fits in 8464 bytes (float32 latent) / 4232 bytes (float16).
 
-Downsampling is antialiased bicubic (``F.interpolate(..., mode="bicubic", antialias=True)``),
+Downsampling is antialiased bicubic (``aeutils.resample.bicubic_down``),
 upsampling plain bicubic, clamped to [0, 1]. Prints a markdown table ready for the README.
 
     python bench/quality.py                      # the shipped model, 80 held-out patches
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 PATCH = 181  #: patch side in pixels (level 0 of the sample slide, 0.499 um/px)
 
@@ -38,9 +37,10 @@ def bicubic_baseline(images: torch.Tensor, side: int) -> torch.Tensor:
     """Downsample Nx3xHxW images in [0, 1] to Nx3x``side``x``side`` (antialiased bicubic), store that
     thumbnail as 8-bit (3*side*side bytes), and upsample back to HxW (bicubic), clamped to [0, 1]:
     what a ``side``-pixel thumbnail can reconstruct."""
-    small = F.interpolate(images, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
-    small = (small.clamp(0.0, 1.0) * 255).round() / 255
-    return F.interpolate(small, size=images.shape[-2:], mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+    from aeutils.resample import bicubic_down, bicubic_up
+
+    small = (bicubic_down(images, (side, side)) * 255).round() / 255
+    return bicubic_up(small, size=tuple(images.shape[-2:]))
 
 
 def jpeg_at_budget(image: np.ndarray, budget: int) -> tuple[np.ndarray, int, int]:
