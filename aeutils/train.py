@@ -14,10 +14,12 @@ state: optimiser, grad scaler, LR scheduler, epoch, step, torch/numpy/python RNG
 row per epoch, rewritten atomically), ``tensorboard/`` (``tensorboard --logdir RUN_DIR``).
 
 Speed: on CUDA, bf16 autocast (fp16 + GradScaler where bf16 is unsupported), channels_last,
-pinned memory and DataLoader workers; on the CPU channels_last (measured here ~1.6x faster than
-contiguous for a training step). bf16 autocast on the CPU is opt-in (``amp=True`` / ``--amp on``):
-on the development machine (AMD EPYC without bf16 instructions) it made a step ~5x *slower*, so it
-is off by default; it may pay on CPUs with AVX512-BF16/AMX. On a shared or small CPU, one thread
+pinned memory and DataLoader workers. On the CPU plain fp32 NCHW: ``bench/train_speed.py`` measured
+channels_last at 0.79x (slower) for the default architecture on the development machine (AMD EPYC,
+2 cores, torch 2.14; its BatchNorm is slow in channels_last), so it is opt-in there
+(``channels_last=True`` / ``--channels-last on``). bf16 autocast on the CPU is opt-in too (``amp=True``
+/ ``--amp on``): on the same machine (no bf16 instructions) it made a step ~5x *slower*; it may pay
+on CPUs with AVX512-BF16/AMX. On a shared or small CPU, one thread
 per process (``OMP_NUM_THREADS=1``) can be much faster than contending threads. Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces
 an uninterrupted run bit for bit (shuffling is seeded per epoch, RNG states are restored). A
 ``--max-steps`` / ``--time-budget`` stop inside an epoch counts that epoch as finished.
@@ -270,7 +272,8 @@ class Trainer:
             schedule ("cosine" after a linear warmup, or "constant").
         loss: a :class:`ReconstructionLoss` (default MSE).
         device: default :func:`aeutils.device.pick_device`.
-        channels_last, amp, amp_dtype: as in :func:`make_train_step` (amp default: CUDA only).
+        channels_last, amp, amp_dtype: as in :func:`make_train_step`; None (default): on for CUDA
+            only (see the module docstring for the CPU measurements).
 
     ``step(batch)`` does one optimisation step and returns the detached loss; ``evaluate(batches)``
     returns mean PSNR/SSIM/loss; ``state_dict()``/``load_state_dict()`` cover optimiser, scaler,
@@ -285,7 +288,7 @@ class Trainer:
         weight_decay: float = 0.0,
         loss: ReconstructionLoss | None = None,
         device: torch.device | str | None = None,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         amp: bool | None = None,
         amp_dtype: torch.dtype | None = None,
         total_steps: int = 1000,
@@ -293,7 +296,7 @@ class Trainer:
         schedule: str = "cosine",
     ) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.channels_last = channels_last
+        self.channels_last = channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
         self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
         self.amp_dtype = amp_dtype or amp_dtype_for(self.device)
         model.to(self.device)
@@ -531,7 +534,7 @@ def train(
     val_limit: int | None = 256,
     schedule: str = "cosine",
     warmup_steps: int | None = None,
-    channels_last: bool = True,
+    channels_last: bool | None = None,
     amp: bool | None = None,
     log_every: int = 10,
     progress: bool = True,
@@ -554,7 +557,8 @@ def train(
         device: default :func:`aeutils.device.pick_device`. workers: DataLoader processes.
         max_steps, time_budget: optional stops (total optimiser steps; seconds of this call).
         val_limit: validate on at most this many patches (evenly spaced; None: all).
-        channels_last, amp: speed options (amp default: on for CUDA, bf16 or fp16 + GradScaler).
+        channels_last, amp: speed options; None (default): on for CUDA only (amp: bf16, or fp16 +
+            GradScaler).
         progress: tqdm bars; verbose: one summary line per epoch (rank 0 only).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel with a
@@ -581,7 +585,7 @@ def _train(  # noqa: C901 - one linear procedure reads best
     config: AutoencoderConfig | None, resume: bool | str, mse: float, l1: float, ssim: float, vgg: float,
     vgg_weights: Any, stain_jitter: float, device: torch.device, workers: int | None, seed: int, max_steps: int | None,
     time_budget: float | None, val_limit: int | None, schedule: str, warmup_steps: int | None,
-    channels_last: bool, amp: bool | None, log_every: int, progress: bool, verbose: bool, started: float, rank: int,
+    channels_last: bool | None, amp: bool | None, log_every: int, progress: bool, verbose: bool, started: float, rank: int,
     world: int, own_group: bool, out_dir: Any,
 ) -> TrainResult:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -646,7 +650,7 @@ def _train(  # noqa: C901 - one linear procedure reads best
         "patches_dir": str(patches_dir), "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
         "weight_decay": weight_decay, "loss": dict(loss.weights), "stain_jitter": stain_jitter, "seed": seed,
         "schedule": schedule, "warmup_steps": warmup, "world_size": world, "device": str(dev),
-        "channels_last": channels_last, "amp": trainer.amp, "n_train": len(train_ds), "n_val": len(val_ds),
+        "channels_last": trainer.channels_last, "amp": trainer.amp, "n_train": len(train_ds), "n_val": len(val_ds),
     }
     writer = None
     if rank == 0:
@@ -861,7 +865,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
     parser.add_argument("--time-budget", default=None, help="stop after this long: seconds, or 45m, 1.5h")
     parser.add_argument("--val-limit", type=int, default=256, help="validate on at most N patches (0: all)")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="channels_last memory format (auto: CUDA only; measured slower on CPU)")
     parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: CUDA only)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -874,7 +879,7 @@ def run_cli(args: argparse.Namespace) -> int:
         l1=args.l1, ssim=args.ssim, vgg=args.vgg, vgg_weights=args.vgg_weights, stain_jitter=args.stain_jitter,
         device=args.device, workers=args.workers, seed=args.seed, max_steps=args.max_steps,
         time_budget=parse_duration(args.time_budget), val_limit=args.val_limit or None, schedule=args.schedule,
-        warmup_steps=args.warmup_steps, channels_last=args.channels_last,
+        warmup_steps=args.warmup_steps, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
         amp={"auto": None, "on": True, "off": False}[args.amp], progress=args.progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:

@@ -51,8 +51,8 @@ def plain_step(model: torch.nn.Module, lr: float = 1e-3) -> Step:
 
 def trainer_step(config: object, device: torch.device) -> Step:
     """The trainer's own step: ``aeutils.train.Trainer(...).step`` for a fresh model of ``config`` on
-    ``device``, with the speed settings ``aeutils.train.train`` uses by default (channels_last on;
-    autocast bf16, or fp16 + GradScaler, on CUDA only). Includes what each real step does: the
+    ``device``, with the speed settings ``aeutils.train.train`` uses by default (channels_last and autocast
+    bf16, or fp16 + GradScaler, on CUDA only: both measured slower on this project's CPU). Includes what each real step does: the
     non-finite-loss check and the LR-scheduler step."""
     from aeutils.model import Autoencoder
     from aeutils.train import Trainer
