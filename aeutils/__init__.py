@@ -7,11 +7,17 @@ Modules (each one idea):
     patches     grid patch extraction to PNG + manifest.csv (the ``extract`` command)
     model       the residual autoencoder and its config
     checkpoint  safe, atomic checkpoints (weights + config + metadata)
-    data        PyTorch datasets over extracted patches, splits, augmentations
+    data        PyTorch datasets over extracted patches, splits, augmentations, sample-slide patches
+    metrics     per-image PSNR and SSIM (torchmetrics)
     train       the trainer (the ``train`` command), single GPU / CPU / torchrun DDP
     viz         encoding views, figure grids, the ipywidgets explorer (the ``figures`` command)
     loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
+    sensitivity evidence: a loss's response to lost detail vs to nuisances
+    sr          a small x4 super-resolution demo trained with or without EncodingLoss
+    resample    bicubic down/up scaling shared by sr and sensitivity
     device      one helper that picks cuda > mps > cpu
+    io          atomic file writes
+    sample      the bundled sample slide, checksum-verified
 
 Importing ``aeutils`` does not import torch: the extraction path stays fast to start.
 """

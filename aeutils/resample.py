@@ -1,5 +1,5 @@
 """Bicubic resampling of image batches: the one place the SR demo (:mod:`aeutils.sr`) and the loss
-sensitivity degradations (:func:`aeutils.loss.degrade`) resample, so "x4 bicubic LR" means the same
+sensitivity degradations (:func:`aeutils.sensitivity.degrade`) resample, so "x4 bicubic LR" means the same
 thing in both. Downscaling is antialiased (``F.interpolate(..., antialias=True)``, as PIL/OpenCV-area
 resizing would be); upscaling is plain bicubic; ``align_corners=False`` throughout.
 """

@@ -7,7 +7,7 @@ On held-out patches (``aeutils.data.sample_patches(split="val")``, level 0, 0.49
 graded degradations an SR model must fix (Gaussian blur, x2/x3/x4 bicubic down-up, Gaussian noise)
 and nuisances it should not be punished for (1-2 px shift, +-2/4 % brightness, 5/10 % HED stain
 shift) and prints, for pixel MSE, EncodingLoss on the trained encoder and on the same architecture
-with random weights (the control), in several tap/normalisation variants (``aeutils.loss.sensitivity_table``):
+with random weights (the control), in several tap/normalisation variants (``aeutils.sensitivity.sensitivity_table``):
 Spearman's rho over severity, the detail/nuisance ratio (geometric means), the worst case and the AUC.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from aeutils.checkpoint import pretrained_path, resolve_model
     from aeutils.data import sample_patches
-    from aeutils.loss import DEFAULT_LAYER_WEIGHTS, sensitivity_table
+    from aeutils.loss import DEFAULT_LAYER_WEIGHTS
+    from aeutils.sensitivity import sensitivity_table
     from aeutils.model import Autoencoder
 
     margin = 4

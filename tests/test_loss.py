@@ -9,7 +9,8 @@ from torch import nn
 
 from aeutils.checkpoint import save_checkpoint
 from aeutils.errors import AeutilsError, CheckpointError
-from aeutils.loss import EncodingLoss, SensitivityResult, VGGContentLoss, degrade, sensitivity_table
+from aeutils.loss import EncodingLoss, VGGContentLoss
+from aeutils.sensitivity import SensitivityResult, degrade, sensitivity_table
 from aeutils.model import STAGES, Autoencoder, AutoencoderConfig
 
 SMALL = AutoencoderConfig(widths=(8, 4, 2), n_blocks=1)

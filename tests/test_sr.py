@@ -39,7 +39,7 @@ def test_one_bicubic_everywhere_matches_plain_interpolate():
     """sr and loss.degrade resample through aeutils.resample; values equal the direct F.interpolate calls."""
     from torch.nn.functional import interpolate
 
-    from aeutils.loss import degrade
+    from aeutils.sensitivity import degrade
     from aeutils.resample import bicubic_up
 
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
