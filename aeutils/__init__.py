@@ -6,6 +6,7 @@ Modules (each one idea):
     annotations CAMELYON16 / ASAP XML tumour polygons
     patches     grid patch extraction to PNG + manifest.csv (the ``extract`` command)
     model       the residual autoencoder and its config
+    introspect  shapes, parameters, FLOPs and receptive field of a model (notebook 02)
     checkpoint  safe, atomic checkpoints (weights + config + metadata)
     data        PyTorch datasets over extracted patches, splits, augmentations, sample-slide patches
     metrics     per-image PSNR and SSIM (torchmetrics)
