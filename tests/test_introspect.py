@@ -14,12 +14,7 @@ from aeutils.introspect import (
 )
 from aeutils.model import Autoencoder, AutoencoderConfig, count_parameters
 
-SMALL = AutoencoderConfig(n_blocks=1)
-
-
-def small_model(seed: int = 0, **changes) -> Autoencoder:
-    torch.manual_seed(seed)
-    return Autoencoder(AutoencoderConfig(**{"n_blocks": 1, **changes})).eval()
+from tinymodels import SMALL, small_model
 
 
 def test_layer_table_for_181_px() -> None:

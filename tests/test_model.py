@@ -19,12 +19,7 @@ from aeutils.model import (
     nearest_valid_sizes,
 )
 
-SMALL = AutoencoderConfig(n_blocks=1)
-
-
-def small_model(seed: int = 0, **changes) -> Autoencoder:
-    torch.manual_seed(seed)
-    return Autoencoder(AutoencoderConfig(**{"n_blocks": 1, **changes})).eval()
+from tinymodels import small_model
 
 
 def batch(side: int, n: int = 2, seed: int = 0, height: int | None = None) -> torch.Tensor:

@@ -1,0 +1,15 @@
+"""Small, seeded autoencoders shared by the model tests (tests/ is on sys.path)."""
+from __future__ import annotations
+
+import torch
+
+from aeutils.model import Autoencoder, AutoencoderConfig
+
+#: one residual block per stage, the default widths: fast, same layout as the original design
+SMALL = AutoencoderConfig(n_blocks=1)
+
+
+def small_model(seed: int = 0, **changes) -> Autoencoder:
+    """A seeded eval-mode Autoencoder with one block per stage and ``changes`` to the config."""
+    torch.manual_seed(seed)
+    return Autoencoder(AutoencoderConfig(**{"n_blocks": 1, **changes})).eval()
