@@ -25,7 +25,7 @@ demo: $(STAMP)
 			--ExecutePreprocessor.timeout=-1 --output-dir $(abspath $(WORK))/notebooks $$nb || exit 1; \
 	done
 	$(BIN)/python -m aeutils figures --out readme_images
-	@echo "demo done: executed notebooks in $(WORK)/notebooks/, patches in $(WORK)/patches/, figures in readme_images/"
+	@echo "demo done: executed notebooks in $(WORK)/notebooks/; patches, training run and SR demo in $(WORK)/full/; figures in readme_images/"
 
 # Unit tests, every notebook under nbval (small sizes: CI=true shrinks them), and the bench smoke runs.
 test: export CI ?= true
