@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -440,9 +440,3 @@ def sample_patches(n: int = 16, size: int = 181, split: str = "val", seed: int =
             x, y = cells[int(i)]
             out.append(_to_tensor(slide.read_region(x, y, 0, size)))
     return torch.stack(out)
-
-
-def iter_batches(x: "torch.Tensor", batch_size: int) -> Iterable["torch.Tensor"]:
-    """Split an Nx... tensor into consecutive batches of at most ``batch_size``."""
-    for i in range(0, x.shape[0], batch_size):
-        yield x[i : i + batch_size]

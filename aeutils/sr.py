@@ -182,7 +182,7 @@ def train_sr(
 def super_resolve(model: nn.Module, lr: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """``model`` (eval mode, CPU) applied to Nx3xhxw LR in batches -> Nx3x4hx4w in [0, 1]."""
     model.eval()
-    return torch.cat([model(lr[i : i + batch_size]).clamp(0, 1) for i in range(0, len(lr), batch_size)])
+    return torch.cat([model(chunk).clamp(0, 1) for chunk in lr.split(batch_size)])
 
 
 def evaluate_sr(models: dict[str, nn.Module], hr: torch.Tensor) -> dict[str, dict[str, Any]]:

@@ -19,7 +19,6 @@ notebook displays them when they are a cell's value, the CLI saves them.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import os
 from dataclasses import dataclass, field
@@ -210,18 +209,13 @@ def encode_batch(
 
 
 def _manifest_mpp(source: Path) -> float | None:
-    """The one ``mpp`` of an extraction folder's manifest.csv (None if absent or mixed)."""
-    manifest = source / "manifest.csv"
-    if not manifest.is_file():
+    """The one ``mpp`` of an extraction folder's manifest.csv (None if absent, unknown or mixed)."""
+    from aeutils.patches import MANIFEST_NAME, read_manifest
+
+    if not (source / MANIFEST_NAME).is_file():
         return None
-    with open(manifest, newline="") as f:
-        values = {row.get("mpp", "") for row in csv.DictReader(f)}
-    if len(values) != 1:
-        return None
-    try:
-        return float(values.pop())
-    except ValueError:
-        return None
+    values = {row["mpp"] for row in read_manifest(source)}
+    return values.pop() if len(values) == 1 else None
 
 
 def _load_patches(

@@ -99,8 +99,8 @@ def reconstruct(model: torch.nn.Module, images: torch.Tensor, batch: int = 32, h
     """The autoencoder's reconstruction of Nx3xHxW images in [0, 1], in batches; ``half_latent``
     rounds the encoding to float16 before decoding (what storing it in 2 bytes per number costs)."""
     out = []
-    for i in range(0, len(images), batch):
-        z = model.encode(images[i : i + batch])
+    for chunk in images.split(batch):
+        z = model.encode(chunk)
         if half_latent:
             z = z.half().float()
         out.append(model.decode(z))
