@@ -213,6 +213,13 @@ class SensitivityResult:
         return "\n".join(lines)
 
 
+def random_control(model: Autoencoder, seed: int = 0) -> Autoencoder:
+    """The control encoder: ``model``'s architecture with fresh random weights (eval mode), seeded
+    with ``seed + 12345`` (not the seed a random-init checkpoint was likely saved with)."""
+    torch.manual_seed(seed + 12345)
+    return Autoencoder(model.config).eval()
+
+
 def default_variants() -> dict[str, dict[str, Any]]:
     """EncodingLoss settings compared by :func:`sensitivity_table`: the default ("", stage1 with
     instance normalisation), each tap alone without normalisation, and tap sets with per-channel

@@ -37,13 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     from aeutils.checkpoint import pretrained_path, resolve_model
     from aeutils.data import sample_patches
     from aeutils.loss import DEFAULT_LAYER_WEIGHTS
-    from aeutils.sensitivity import sensitivity_table
-    from aeutils.model import Autoencoder
+    from aeutils.sensitivity import random_control, sensitivity_table
 
     margin = 4
     trained = resolve_model(args.checkpoint)
-    torch.manual_seed(args.seed + 12345)  # not the seed a random-init checkpoint was likely saved with
-    control = Autoencoder(trained.config).eval()
+    control = random_control(trained, args.seed)
     t0 = time.perf_counter()
     patches = sample_patches(args.n, args.size + 2 * margin, split="val", seed=args.seed)
     res = sensitivity_table(patches, {"trained": trained, "random": control}, margin=margin,
