@@ -19,11 +19,13 @@ def pick_device(prefer: str | None = None, *, quiet: bool = False) -> "torch.dev
     ``$MSCOPY_DEVICE``, else CUDA when available, then Apple MPS, then the CPU.
 
     Prints the choice once per process (``quiet=True`` to not print).
-    Under ``torchrun`` the CUDA device is ``cuda:$LOCAL_RANK``.
+    Under ``torchrun`` the CUDA device (chosen, or asked for as a bare "cuda") is ``cuda:$LOCAL_RANK``.
     """
     import torch
 
     name = prefer or os.environ.get("MSCOPY_DEVICE")
+    if name == "cuda":  # a bare "cuda": this process's GPU (under torchrun, ranks must not share GPU 0)
+        name = None if torch.cuda.is_available() else "cuda"
     if name is None:
         if torch.cuda.is_available():
             name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"

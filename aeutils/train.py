@@ -411,12 +411,11 @@ class TrainResult:
 
 
 def _rank_device(device: str | torch.device | None) -> torch.device:
-    """The device of this process: :func:`pick_device` (quiet except on rank 0); under
-    ``torchrun`` a bare "cuda" becomes ``cuda:$LOCAL_RANK`` so ranks do not share GPU 0."""
-    dev = device if isinstance(device, torch.device) else pick_device(device, quiet=int(os.environ.get("RANK", "0")) != 0)
-    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
+    """The device of this process: :func:`pick_device` (which maps a bare "cuda" to
+    ``cuda:$LOCAL_RANK``), announced by rank 0 only."""
+    if isinstance(device, torch.device):
+        return device
+    return pick_device(device, quiet=int(os.environ.get("RANK", "0")) != 0)
 
 
 def _dist_setup(device: torch.device) -> tuple[int, int, bool]:
