@@ -223,20 +223,15 @@ def _load_patches(
 ) -> tuple["torch.Tensor", float | None]:
     """(Nx3xSxS patches in [0, 1], um/px) from a tensor, an extraction dir, a folder, or None
     (the held-out patches of the bundled sample slide at 0.499 um/px)."""
-    if patches is None:
-        from aeutils import data
-
-        return data.sample_patches(n=n, size=size, split="val", seed=0), (SAMPLE_MPP if mpp is None else mpp)
-    if isinstance(patches, (str, os.PathLike)):
-        from aeutils import data
-
-        source = Path(patches)
-        if mpp is None and source.is_dir():
-            mpp = _manifest_mpp(source)
-        return data.load_patches(source, n=n, size=size), mpp
     from aeutils import data
 
-    return data.load_patches(patches, n=n, size=size), mpp  # also 3xHxW, uint8 0-255, centre crop
+    if patches is None:
+        return data.sample_patches(n=n, size=size, split="val", seed=0), (SAMPLE_MPP if mpp is None else mpp)
+    if isinstance(patches, (str, os.PathLike)):
+        patches = Path(patches)
+        if mpp is None and patches.is_dir():
+            mpp = _manifest_mpp(patches)
+    return data.load_patches(patches, n=n, size=size), mpp  # tensors may also be 3xHxW or uint8; centre crop
 
 
 # --------------------------------------------------------------------------------------------- grids
