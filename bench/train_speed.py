@@ -13,7 +13,14 @@ the best-of ratio, and on the CPU the ratio of process CPU seconds per image, wh
 The FLOPs of one step are counted once with ``torch.utils.flop_counter.FlopCounterMode`` (convs and
 matmuls, forward + backward) to report achieved TFLOP/s.
 
+``--options`` adds one arm per speed option the trainer has but leaves off on this device (on the CPU:
+channels_last, bf16 autocast), each the trainer's step with that option forced on, so the choice of
+defaults is measured here, not asserted. On the CPU the script also times a large fp32 matrix product
+(``torch.mm``, 2048x2048, best of 10) in the same run: the most this process gets from these cores. Each
+arm's achieved GFLOP/s is printed as a share of that rate, with the share a 1.3x speed-up would need.
+
     python bench/train_speed.py                    # CPU default: batch 4, 1 warm-up + 5 repeats of 1 step
+    python bench/train_speed.py --options          # + channels_last and bf16-autocast arms (about 3 min)
     python bench/train_speed.py --batch-size 64 --repeats 10 --steps 10   # on a GPU
     python bench/train_speed.py --smoke            # tiny model and batch: seconds (CI)
 """
@@ -49,16 +56,32 @@ def plain_step(model: torch.nn.Module, lr: float = 1e-3) -> Step:
     return step
 
 
-def trainer_step(config: object, device: torch.device) -> Step:
+def trainer_step(config: object, device: torch.device, **options: bool) -> Step:
     """The trainer's own step: ``aeutils.train.Trainer(...).step`` for a fresh model of ``config`` on
     ``device``, with the speed settings ``aeutils.train.train`` uses by default (channels_last and autocast
-    bf16, or fp16 + GradScaler, on CUDA only: both measured slower on this project's CPU). Includes what each real step does: the
+    bf16, or fp16 + GradScaler, on CUDA only: both measured slower on this project's CPU) unless
+    ``options`` (``channels_last=``, ``amp=``) force one. Includes what each real step does: the
     non-finite-loss check and the LR-scheduler step."""
     from aeutils.model import Autoencoder
     from aeutils.train import Trainer
 
-    trainer = Trainer(Autoencoder(config), device=device)
+    trainer = Trainer(Autoencoder(config), device=device, **options)
     return trainer.step
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Best GFLOP/s of an nxn float32 ``torch.mm`` on ``device`` over ``repeats`` (2n^3 FLOPs each): the
+    compute rate this process actually gets from the hardware, measured in the same run as the arms."""
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
 
 
 def _sync(device: torch.device) -> None:
@@ -98,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per arm (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per arm (default 1)")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: aeutils.device.pick_device)")
+    parser.add_argument("--options", action="store_true",
+                        help="add an arm per speed option that is off by default on this device (CPU: channels_last, bf16 autocast)")
     parser.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 2 repeats: a seconds-long check of the script")
     args = parser.parse_args(argv)
 
@@ -117,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.rand(batch, 3, PATCH, PATCH, device=device)
     plain_model = Autoencoder(config).to(device).train()
     arms: dict[str, Step] = {"plain fp32": plain_step(plain_model), "trainer": trainer_step(config, device)}
+    if args.options and device.type != "cuda":  # on CUDA both are already on by default
+        arms["+chan_last"] = trainer_step(config, device, channels_last=True)
+        arms["+bf16"] = trainer_step(config, device, amp=True)
     names = list(arms)
 
     threads = torch.get_num_threads()
@@ -139,14 +167,18 @@ def main(argv: list[str] | None = None) -> int:
             cpu[name].append(cpu_s / (batch * steps))
 
     flops = step_flops(config, device)
+    roof = matmul_gflops(device) if device.type == "cpu" else None
     med = {name: statistics.median(v) for name, v in rates.items()}
     unit, scale = ("TFLOP/s", 1e12) if device.type == "cuda" else ("GFLOP/s", 1e9)
     for name in names:
         spread = f"{min(rates[name]):.3g}-{max(rates[name]):.3g}"
         cpu_note = f", {statistics.median(cpu[name]):.3g} CPU s/img" if device.type == "cpu" else ""
+        roof_note = f" ({med[name] * flops / 1e9 / roof:.0%} of the matmul rate)" if roof else ""
         print(f"{name:>10}: {med[name]:8.3g} img/s median (range {spread}), "
-              f"{med[name] * flops / scale:.3g} {unit} achieved{cpu_note}")
+              f"{med[name] * flops / scale:.3g} {unit} achieved{roof_note}{cpu_note}")
     print(f"one step: {flops / 1e9:.1f} GFLOP per image (forward + backward, FlopCounterMode)")
+    for name in names[2:]:
+        print(f"speed-up {name} / plain fp32: {med[name] / med['plain fp32']:.2f}x (median img/s)")
     ratio = med["trainer"] / med["plain fp32"]
     best = max(rates["trainer"]) / max(rates["plain fp32"])
     target = " (target >= 1.3x on CPU)" if device.type == "cpu" else ""
@@ -154,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         cpu_ratio = statistics.median(cpu["plain fp32"]) / statistics.median(cpu["trainer"])
         print(f"CPU-time speed-up (process CPU s per image, less sensitive to other load): {cpu_ratio:.2f}x")
+        need = 1.3 * med["plain fp32"] * flops / 1e9 / roof
+        print(f"fp32 matmul rate, same run: {roof:.3g} GFLOP/s (torch.mm 2048x2048, best of 10); "
+              f"plain fp32 reaches {med['plain fp32'] * flops / 1e9 / roof:.0%} of it, "
+              f"a 1.3x speed-up at the same FLOPs would need {need:.0%}")
     return 0
 
 
