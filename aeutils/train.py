@@ -14,12 +14,13 @@ state: optimiser, grad scaler, LR scheduler, epoch, step, torch/numpy/python RNG
 row per epoch, rewritten atomically), ``tensorboard/`` (``tensorboard --logdir RUN_DIR``).
 
 Speed: on CUDA, bf16 autocast (fp16 + GradScaler where bf16 is unsupported), channels_last,
-pinned memory and DataLoader workers. On the CPU plain fp32 NCHW: ``bench/train_speed.py`` measured
-channels_last at 0.79x (slower) for the default architecture on the development machine (AMD EPYC,
-2 cores, torch 2.14; its BatchNorm is slow in channels_last), so it is opt-in there
-(``channels_last=True`` / ``--channels-last on``). bf16 autocast on the CPU is opt-in too (``amp=True``
-/ ``--amp on``): on the same machine (no bf16 instructions) it made a step ~5x *slower*; it may pay
-on CPUs with AVX512-BF16/AMX. On a shared or small CPU, one thread
+pinned memory and DataLoader workers. On the CPU plain fp32 NCHW: ``bench/train_speed.py --options``
+measured channels_last at 0.74x (slower) for the default architecture on the development machine (AMD
+EPYC, 2 cores, AVX2, torch 2.14: oneDNN's weight gradient and BatchNorm's backward are slow in that
+layout there), so it is opt-in (``channels_last=True`` / ``--channels-last on``). bf16 autocast on the
+CPU is opt-in too (``amp=True`` / ``--amp on``): on the same machine (no bf16 instructions) a step was
+about 20x *slower*; it may pay on CPUs with AVX512-BF16/AMX. ``bench/cpu_step_routes.py`` measures
+the routes that are not options (mixed layouts, NNPACK, torch.compile). On a shared or small CPU, one thread
 per process (``OMP_NUM_THREADS=1``) can be much faster than contending threads. Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces
 an uninterrupted run bit for bit (shuffling is seeded per epoch, RNG states are restored). A
 ``--max-steps`` / ``--time-budget`` stop inside an epoch counts that epoch as finished.
