@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train_speed import PATCH, Step, plain_step, time_steps
+from train_speed import PATCH, Step, interleaved_rates, plain_step
 
 aten = torch.ops.aten
 CL = torch.channels_last
@@ -181,12 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     steps: dict[str, Step] = {name: plain_step(model) for name, model in models.items()}
     names = list(steps)
-    for name in names:
-        steps[name](x)  # warm-up (and compilation)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            rates[name].append(batch / time_steps(steps[name], x, 1)[0])
+    rates, _ = interleaved_rates(steps, x, 1, repeats, warmup=1)  # the warm-up also compiles
     med = {name: statistics.median(v) for name, v in rates.items()}
     for name in names:
         print(f"{name:>8}: {med[name]:.3g} img/s median (range {min(rates[name]):.3g}-{max(rates[name]):.3g}), "

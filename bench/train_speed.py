@@ -101,6 +101,27 @@ def time_steps(step: Step, x: torch.Tensor, steps: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def interleaved_rates(
+    arms: dict[str, Step], x: torch.Tensor, steps: int, repeats: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Run ``warmup`` untimed then ``repeats`` timed rounds of ``steps`` steps per arm, interleaved in
+    alternating order (A, B, B, A, ...) so other load hits every arm alike. Returns per-arm lists of
+    images/s (wall clock) and of process CPU seconds per image."""
+    names = list(arms)
+    for i in range(warmup):
+        for name in names if i % 2 == 0 else names[::-1]:
+            arms[name](x)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    images = x.shape[0] * steps
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            wall, cpu_s = time_steps(arms[name], x, steps)
+            rates[name].append(images / wall)
+            cpu[name].append(cpu_s / images)
+    return rates, cpu
+
+
 def step_flops(config: object, device: torch.device) -> int:
     """FLOPs (2 per multiply-add) of one forward + backward of the plain model on one 3x181x181 image."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -155,16 +176,7 @@ def main(argv: list[str] | None = None) -> int:
           f"n_blocks={config.n_blocks}, {count_parameters(plain_model):,} parameters; "
           f"batch {batch}x3x{PATCH}x{PATCH}, {warmup} warm-up + {repeats} repeats x {steps} steps per arm")
 
-    for i in range(warmup):  # interleaved warm-up
-        for name in names if i % 2 == 0 else names[::-1]:
-            arms[name](x)
-    rates: dict[str, list[float]] = {name: [] for name in names}  # img/s, wall clock
-    cpu: dict[str, list[float]] = {name: [] for name in names}  # process CPU seconds per image
-    for r in range(repeats):  # interleaved, alternating order
-        for name in names if r % 2 == 0 else names[::-1]:
-            wall, cpu_s = time_steps(arms[name], x, steps)
-            rates[name].append(batch * steps / wall)
-            cpu[name].append(cpu_s / (batch * steps))
+    rates, cpu = interleaved_rates(arms, x, steps, repeats, warmup)
 
     flops = step_flops(config, device)
     roof = matmul_gflops(device) if device.type == "cpu" else None
