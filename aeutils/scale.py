@@ -1,0 +1,254 @@
+"""The scale patches are read at: a pyramid level, and a resample factor when no level has the asked mpp.
+
+One resolution rule shared by every command that reads slide pixels (``extract``, ``encode``):
+
+* ``--level L`` (default 0): pixels of level ``L`` as they are (factor 1).
+* ``--mpp M`` (microns per pixel): the level nearest ``M`` if it is within ``tolerance`` (relative,
+  default 10 %); otherwise the nearest *finer* level, downsampled by ``factor = M / level_mpp`` with
+  an antialiasing filter (Lanczos; area also available). A coarser level is never upsampled, and
+  ``M`` finer than level 0 (beyond the tolerance) is an error.
+* ``--assume-mpp A``: the slide's level-0 scale is ``A`` um/px whatever the file claims
+  (``mpp_source = "assumed"``). Without it the file's own mpp is used (``"slide"``) when it is
+  plausible (0.05 - 20 um/px); a missing or implausible mpp with ``--mpp`` is one
+  :class:`~aeutils.errors.SlideError` naming the file, its claim and ``--assume-mpp X`` as the way out.
+
+Coordinates: an *output pixel* is a pixel at the chosen scale; output pixel ``(ox, oy)`` has its
+top-left at level-0 ``(ox * downsample, oy * downsample)`` where ``downsample = level downsample *
+factor``. The output image of the whole slide is ``output_dimensions`` pixels.
+
+This module never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aeutils.errors import PatchError, SlideError
+
+__all__ = [
+    "MPP_RANGE", "DEFAULT_TOLERANCE", "ScaleChoice", "resolve_scale", "read_scaled", "resample_region",
+    "source_box", "add_scale_arguments", "scale_kwargs",
+]
+
+#: plausible level-0 microns per pixel (outside: the file's tag is wrong or missing)
+MPP_RANGE = (0.05, 20.0)
+#: a level within this relative distance of the asked mpp is used as is
+DEFAULT_TOLERANCE = 0.1
+#: resampling filters (PIL): "lanczos" (default, sharpest antialiased) or "area" (box average)
+FILTERS = ("lanczos", "area")
+
+
+@dataclass(frozen=True)
+class ScaleChoice:
+    """Where pixels come from and how they are scaled.
+
+    Attributes:
+        level: the pyramid level read.
+        factor: resample factor (>= 1; 1 = the level's pixels as they are): level pixels per output pixel.
+        mpp: output microns per pixel, or ``None`` when the scale is unknown (no ``--mpp``, no usable tag).
+        mpp_source: ``"slide"`` (the file's tag), ``"assumed"`` (``--assume-mpp``) or ``None``.
+        level_downsample: level-0 pixels per pixel of ``level``.
+        level_dimensions: ``(width, height)`` of ``level`` in its pixels.
+        slide: the file's name (for messages).
+        requested_mpp: the ``--mpp`` asked for, or ``None``.
+        claimed_mpp: what the file claims at level 0 (``None`` if nothing), for messages.
+        filter: ``"lanczos"`` or ``"area"``.
+    """
+
+    level: int
+    factor: float
+    mpp: float | None
+    mpp_source: str | None
+    level_downsample: float
+    level_dimensions: tuple[int, int]
+    slide: str = ""
+    requested_mpp: float | None = None
+    claimed_mpp: float | None = None
+    filter: str = "lanczos"
+
+    @property
+    def resampled(self) -> bool:
+        """True when pixels are resampled (factor > 1)."""
+        return self.factor != 1.0
+
+    @property
+    def downsample(self) -> float:
+        """Level-0 pixels per output pixel (``level_downsample * factor``)."""
+        return self.level_downsample * self.factor
+
+    @property
+    def output_dimensions(self) -> tuple[int, int]:
+        """``(width, height)`` of the whole slide in output pixels (level size / factor, floored)."""
+        w, h = self.level_dimensions
+        if not self.resampled:
+            return (int(w), int(h))
+        return (int(math.floor(w / self.factor + 1e-9)), int(math.floor(h / self.factor + 1e-9)))
+
+    def describe(self) -> str:
+        """One line: which level is read, at what mpp, resampled by what factor, and where the mpp comes from."""
+        if self.mpp is None:
+            why = ("records no microns per pixel" if self.claimed_mpp is None
+                   else f"claims {self.claimed_mpp:g} um/px (implausible)")
+            return (f"{self.slide}: level {self.level} pixels, scale unknown (the file {why}; "
+                    f"no mpp in the manifest; --assume-mpp X sets it)")
+        src = "from the slide" if self.mpp_source == "slide" else "assumed (--assume-mpp)"
+        lvl_mpp = self.mpp / self.factor
+        if self.resampled:
+            return (f"{self.slide}: read level {self.level} ({lvl_mpp:.4g} um/px) and downsampled "
+                    f"x{self.factor:.4g} ({self.filter}) -> {self.mpp:.4g} um/px (level-0 mpp {src})")
+        asked = ""
+        if self.requested_mpp is not None and abs(self.mpp / self.requested_mpp - 1) > 1e-6:
+            asked = f" for --mpp {self.requested_mpp:g} (within {_pct(self.mpp, self.requested_mpp)})"
+        return f"{self.slide}: read level {self.level} at {self.mpp:.4g} um/px{asked}, not resampled (mpp {src})"
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{100 * abs(a / b - 1):.1f} %"
+
+
+def _plausible(mpp: float | None) -> bool:
+    return mpp is not None and math.isfinite(mpp) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]
+
+
+def resolve_scale(
+    slide: Any,
+    *,
+    level: int | None = None,
+    mpp: float | None = None,
+    assume_mpp: float | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    filter: str = "lanczos",
+) -> ScaleChoice:
+    """Choose the level and resample factor for an open :class:`~aeutils.slides.Slide`.
+
+    ``level`` (default 0) or ``mpp`` (target microns/pixel), not both; ``assume_mpp`` overrides the
+    file's level-0 mpp. Raises :class:`PatchError` for contradictory or impossible options (no file
+    involved) and :class:`SlideError` (naming the file) for a bad level, a missing/implausible mpp
+    with ``mpp``, or an ``mpp`` finer than level 0 (that would need upsampling).
+    """
+    if mpp is not None and level is not None:
+        raise PatchError("give either --level or --mpp, not both")
+    if filter not in FILTERS:
+        raise PatchError(f"resample filter must be one of {', '.join(FILTERS)}, got {filter!r}")
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise PatchError(f"--mpp must be a positive number of microns per pixel, got {mpp:g}")
+    if not tolerance >= 0:
+        raise PatchError(f"mpp tolerance must be >= 0, got {tolerance}")
+    check_assume_mpp(assume_mpp)
+    claimed = getattr(slide, "mpp", None)
+    name = str(slide.path)
+    if assume_mpp is not None:
+        base, source = float(assume_mpp), "assumed"
+    elif _plausible(claimed):
+        base, source = float(claimed), "slide"
+    else:
+        base, source = None, None
+    dss = [float(d) for d in slide.level_downsamples]
+    common = dict(slide=name, claimed_mpp=claimed, filter=filter)
+    if mpp is None:
+        lvl = 0 if level is None else level
+        slide.check_level(lvl)
+        return ScaleChoice(lvl, 1.0, None if base is None else base * dss[lvl], source, dss[lvl],
+                           tuple(slide.level_dimensions[lvl]), **common)
+    if base is None:
+        what = ("records no microns per pixel" if claimed is None
+                else f"claims {claimed:g} um/px, outside the plausible {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g} um/px")
+        raise SlideError(f"{name}: --mpp {mpp:g} needs the slide's scale but the file {what}; "
+                         f"if you know it, pass --assume-mpp X (level-0 microns per pixel, e.g. 0.5 at 20x)")
+    mpps = [base * d for d in dss]
+    near = min(range(len(mpps)), key=lambda i: abs(math.log(mpps[i] / mpp)))
+    if abs(mpps[near] / mpp - 1) <= tolerance:
+        return ScaleChoice(near, 1.0, mpps[near], source, dss[near], tuple(slide.level_dimensions[near]),
+                           requested_mpp=mpp, **common)
+    finer = [i for i in range(len(mpps)) if mpps[i] < mpp]
+    if not finer:
+        raise SlideError(f"{name}: --mpp {mpp:g} is finer than level 0 ({mpps[0]:.4g} um/px); "
+                         f"upsampling is not done (ask for {mpps[0]:.4g} or coarser)")
+    lvl = max(finer, key=lambda i: mpps[i])  # the coarsest level finer than the target
+    return ScaleChoice(lvl, mpp / mpps[lvl], float(mpp), source, dss[lvl], tuple(slide.level_dimensions[lvl]),
+                       requested_mpp=mpp, **common)
+
+
+def check_assume_mpp(assume_mpp: float | None) -> None:
+    """Raise :class:`PatchError` unless ``assume_mpp`` is None or a plausible level-0 mpp."""
+    if assume_mpp is not None and not _plausible(float(assume_mpp)):
+        raise PatchError(f"--assume-mpp {assume_mpp:g} is outside the plausible "
+                         f"{MPP_RANGE[0]:g}-{MPP_RANGE[1]:g} um/px")
+
+
+def _margin(choice: ScaleChoice) -> int:
+    """Level pixels read beyond a region's edge so the filter sees its whole support."""
+    support = 3.0 if choice.filter == "lanczos" else 0.5
+    return int(math.ceil(support * choice.factor)) + 1
+
+
+def source_box(choice: ScaleChoice, x0: int, y0: int, w: int, h: int) -> tuple[int, int, int, int]:
+    """Level pixels ``(lx0, ly0, lx1, ly1)`` (exclusive end, clipped to the level) that output pixels
+    ``[x0, x0 + w) x [y0, y0 + h)`` are computed from (with the filter's margin)."""
+    f, m = choice.factor, _margin(choice)
+    lw, lh = choice.level_dimensions
+    return (max(0, int(math.floor(x0 * f)) - m), max(0, int(math.floor(y0 * f)) - m),
+            min(lw, int(math.ceil((x0 + w) * f)) + m), min(lh, int(math.ceil((y0 + h) * f)) + m))
+
+
+def resample_region(choice: ScaleChoice, region: np.ndarray, lx0: int, ly0: int,
+                    x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """Output pixels ``[x0, x0+w) x [y0, y0+h)`` (h x w x 3 uint8) from ``region``, the level pixels
+    whose top-left is level pixel ``(lx0, ly0)``.
+
+    The result depends only on the level pixels in :func:`source_box` of the output region, so a
+    patch cut from a strip equals the patch read alone (the crop below is the same whatever the strip).
+    """
+    from PIL import Image
+
+    if not choice.resampled:
+        return np.ascontiguousarray(region[y0 - ly0:y0 - ly0 + h, x0 - lx0:x0 - lx0 + w])
+    bx0, by0, bx1, by1 = source_box(choice, x0, y0, w, h)
+    crop = np.ascontiguousarray(region[by0 - ly0:by1 - ly0, bx0 - lx0:bx1 - lx0])
+    f = choice.factor
+    box = (x0 * f - bx0, y0 * f - by0, (x0 + w) * f - bx0, (y0 + h) * f - by0)
+    flt = Image.Resampling.LANCZOS if choice.filter == "lanczos" else Image.Resampling.BOX
+    return np.asarray(Image.fromarray(crop, "RGB").resize((int(w), int(h)), flt, box=box))
+
+
+def read_scaled(slide: Any, choice: ScaleChoice, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """Output pixels ``[x0, x0+w) x [y0, y0+h)`` of ``slide`` at ``choice``'s scale: h x w x 3 uint8 RGB.
+
+    ``x0, y0, w, h`` are **output pixels** (see the module docstring; at factor 1 these are pixels of
+    ``choice.level``, i.e. level-0 ``x0 * level_downsample``). One region read from ``choice.level``
+    (plus the filter's margin), then an antialiased downsample. Outside the slide: black (OpenSlide).
+    Raises :class:`SlideError` for a corrupt file.
+    """
+    if choice.resampled:
+        bx0, by0, bx1, by1 = source_box(choice, x0, y0, w, h)
+    else:
+        bx0, by0, bx1, by1 = x0, y0, x0 + w, y0 + h
+    ds = choice.level_downsample
+    region = slide.read_region(int(round(bx0 * ds)), int(round(by0 * ds)), choice.level,
+                               (max(1, bx1 - bx0), max(1, by1 - by0)))
+    return resample_region(choice, region, bx0, by0, x0, y0, w, h)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--level``, ``--mpp`` (mutually exclusive) and ``--assume-mpp`` to ``parser``."""
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--level", type=int, default=None, help="pyramid level to read as is (default 0)")
+    g.add_argument("--mpp", type=float, default=None,
+                   help="target microns/pixel: the nearest level within 10 %%, else the next finer level "
+                        "downsampled (antialiased; never upsampled)")
+    parser.add_argument("--assume-mpp", type=float, default=None, metavar="X",
+                        help="the slides' level-0 microns/pixel, for files whose scale tag is missing or wrong "
+                             "(manifest mpp_source 'assumed')")
+
+
+def scale_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``level``, ``mpp``, ``assume_mpp`` from parsed :func:`add_scale_arguments` options."""
+    return {"level": args.level, "mpp": args.mpp, "assume_mpp": args.assume_mpp}
