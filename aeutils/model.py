@@ -7,7 +7,8 @@ Default (:class:`AutoencoderConfig` ()) is the original design, 1,924,004 parame
 
 Size contract: a stride-2 conv maps s -> ceil(s/2), a stride-2 transposed conv s -> 2s - 1, so only
 sides s = 1 (mod 4) round-trip exactly (65, 181, 257, ...): 181 -> 91 -> 46 -> 91 -> 181.
-Other sides raise ``ValueError`` naming the nearest valid ones.
+Other sides raise ``ValueError`` naming the nearest valid ones. The rule is a *decoding* rule:
+:meth:`Autoencoder.encoder_forward` encodes any side (a whole-slide tile: :mod:`aeutils.slidemap`).
 
 Looking inside a model (shapes, FLOPs, receptive field) is :mod:`aeutils.introspect`.
 """
@@ -179,27 +180,47 @@ class Autoencoder(nn.Module):
             raise ValueError(f"expected a float RGB batch in [0, 1], got dtype {x.dtype} (use x.float() / 255)")
         check_size(x.shape[-2], x.shape[-1])
 
-    def encode_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations at the end of each encoder stage and the latent, keyed by :data:`STAGES`.
+    def encoder_forward(
+        self, x: torch.Tensor, taps: tuple[str, ...] | list[str] = ()
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One encoder pass over an input of **any** size: ``(latent, {tap: activation})``.
 
-        ``x``: Nx3xHxW RGB in [0, 1]. Shapes for H = W = 181: stage1 Nx64x91x91, stage2 Nx32x46x46,
-        stage3 Nx8x46x46, latent Nx1x46x46.
+        ``x``: Nx3xHxW RGB in [0, 1], H, W >= 1 pixels (no 4k+1 rule: the encoder is fully
+        convolutional; latent side ``ceil(ceil(H/2)/2)``, latent pixel ``j`` centred on input pixel
+        ``4j``). ``taps``: names from :data:`STAGES` whose activations are also returned (stage1
+        Nx(widths[0])x(H/2)x(W/2), stage2/stage3 at H/4, latent Nx1x(H/4)x(W/4), sides rounded up).
         """
-        self._check_input(x)
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"expected an Nx{self.config.in_channels}xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"expected a float RGB batch in [0, 1], got dtype {x.dtype} (use x.float() / 255)")
+        unknown = [t for t in taps if t not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown encoder taps {unknown}: choose from {', '.join(STAGES)}")
         h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         out: dict[str, torch.Tensor] = {}
         for name, stage in zip(STAGES, self.encoder):
             h = stage(h)
-            out[name] = h
-        return out
+            if name in taps:
+                out[name] = h
+        return h, out
+
+    def encode_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Activations at the end of each encoder stage and the latent, keyed by :data:`STAGES`.
+
+        ``x``: Nx3xHxW RGB in [0, 1], H, W = 1 (mod 4). Shapes for H = W = 181: stage1 Nx64x91x91,
+        stage2 Nx32x46x46, stage3 Nx8x46x46, latent Nx1x46x46.
+        """
+        self._check_input(x)
+        return self.encoder_forward(x, STAGES)[1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Nx3xHxW RGB in [0, 1] -> Nx1x((H+3)/4)x((W+3)/4) encoding."""
+        """Nx3xHxW RGB in [0, 1] (H, W = 1 mod 4, so it decodes back) -> Nx1x((H+3)/4)x((W+3)/4)
+        encoding. Any other size: :meth:`encoder_forward`."""
         self._check_input(x)
-        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        for stage in self.encoder:
-            h = stage(h)
-        return h
+        return self.encoder_forward(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Nx1xhxw encoding -> Nx3x(4h-3)x(4w-3) RGB (clamped to [0, 1] in eval mode)."""
