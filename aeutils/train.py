@@ -14,20 +14,22 @@ state: optimiser, grad scaler, LR scheduler, epoch, step, torch/numpy/python RNG
 row per epoch, rewritten atomically), ``tensorboard/`` (``tensorboard --logdir RUN_DIR``).
 
 Speed: on CUDA, bf16 autocast (fp16 + GradScaler where bf16 is unsupported), channels_last,
-pinned memory and DataLoader workers. On the CPU plain fp32 NCHW: ``bench/train_speed.py --options``
-measured channels_last at 0.74x (slower) for the default architecture on the development machine (AMD
-EPYC, 2 cores, AVX2, torch 2.14: oneDNN's weight gradient and BatchNorm's backward are slow in that
-layout there), so it is opt-in (``channels_last=True`` / ``--channels-last on``). bf16 autocast on the
-CPU is opt-in too (``amp=True`` / ``--amp on``): on the same machine (no bf16 instructions) a step was
-about 20x *slower*; it may pay on CPUs with AVX512-BF16/AMX. ``bench/cpu_step_routes.py`` measures
-the routes that are not options (mixed layouts, NNPACK, torch.compile). On a shared or small CPU, one thread
-per process (``OMP_NUM_THREADS=1``) can be much faster than contending threads. Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces
+pinned memory and DataLoader workers. On the CPU the right options flip between machines (channels_last
++ bf16 autocast 2.7x faster than fp32 on a Xeon with AMX-BF16; 0.74x and 0.05x on an AVX2-only EPYC),
+so ``--channels-last auto --amp auto`` (the default) decides by measurement once per run
+(:func:`choose_speed`, :mod:`aeutils.speed`): a few timed steps of fp32, channels_last, bf16 and both
+on the run's own model, crop and batch, one printed line, the choice stored in the checkpoints'
+``train_args["speed"]`` and the log's ``speed`` column and reused on ``--resume``. The probe is
+skipped (fp32) where it would cost more than 5 % of the run. ``on``/``off`` force an option
+(``$MSCOPY_CPU_SPEED`` forces a candidate). bf16 autocast keeps fp32 master weights. On a shared or
+small CPU, one thread per process (``OMP_NUM_THREADS=1``) can be much faster than contending threads. Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces
 an uninterrupted run bit for bit (shuffling is seeded per epoch, RNG states are restored). A
 ``--max-steps`` / ``--time-budget`` stop inside an epoch counts that epoch as finished.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import io
 import json
@@ -45,6 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from aeutils.speed import Choice, candidate_name, copy_for, training_choice
 from aeutils.checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from aeutils.data import PatchDataset, read_image
 from aeutils.device import pick_device
@@ -57,6 +60,7 @@ from aeutils.patches import default_workers
 __all__ = [
     "ReconstructionLoss",
     "make_train_step",
+    "choose_speed",
     "Trainer",
     "TrainResult",
     "train",
@@ -158,6 +162,7 @@ def make_train_step(
     amp_dtype: torch.dtype | None = None,
     scaler: "torch.amp.GradScaler | None" = None,
     check_finite: bool = True,
+    reduce: bool | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function ``step(batch) -> loss`` doing one optimisation step on an Nx3xHxW batch in [0, 1].
 
@@ -166,11 +171,14 @@ def make_train_step(
     the forward pass under autocast with ``amp_dtype`` (default :func:`amp_dtype_for`); fp16 needs a
     ``scaler``. ``loss_fn`` returns a scalar or ``(scalar, parts)``. With ``check_finite`` a NaN/inf
     loss raises :class:`TrainingError` *before* the weights change (under DDP the loss is averaged
-    over ranks first, so every rank stops together). Returns the detached loss (averaged over ranks).
+    over ranks first, so every rank stops together). Returns the detached loss (averaged over ranks;
+    ``reduce=False``: this rank's, for a model that is not DDP-wrapped, e.g. a speed probe's copy).
     """
     amp = (device.type == "cuda") if amp is None else bool(amp)
     dtype = amp_dtype or amp_dtype_for(device)
     ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if reduce is not None:
+        ddp = ddp and reduce
 
     def step(batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(device, non_blocking=True)
@@ -198,6 +206,40 @@ def make_train_step(
         return reported
 
     return step
+
+
+def choose_speed(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], Any],
+    batch_shape: Sequence[int],
+    device: torch.device,
+    *,
+    channels_last: bool | None = None,
+    amp: bool | None = None,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    expected_steps: int | None = None,
+    time_budget: float | None = None,
+    force: str | None = None,
+    verbose: bool = True,
+) -> Choice:
+    """The speed options (:class:`aeutils.speed.Choice`) for training ``model`` with ``loss_fn`` and
+    AdamW on batches of ``batch_shape`` (N, 3, crop, crop) on ``device``: on the CPU measured with
+    :func:`aeutils.speed.training_choice` on copies of the model (its weights, and the global RNGs,
+    are untouched), each candidate running this module's real step (:func:`make_train_step`).
+    ``channels_last``/``amp`` True/False force an option; ``expected_steps``/``time_budget`` (seconds)
+    let the probe skip a run too short to pay for it. On CUDA: channels_last + autocast, no probe."""
+
+    def make_step(choice: Choice) -> Callable[[torch.Tensor], torch.Tensor]:
+        m = copy_for(model, choice).to(device).train()
+        opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=weight_decay)
+        return make_train_step(m, opt, loss_fn, device, channels_last=choice.channels_last, amp=choice.amp,
+                               check_finite=False, reduce=False)
+
+    return training_choice(
+        make_step, batch_shape, device, channels_last=channels_last, amp=amp, expected_steps=expected_steps,
+        time_budget=time_budget, force=force, verbose=verbose,
+    )
 
 
 # --------------------------------------------------------------------------- RNG state (plain data)
@@ -274,7 +316,8 @@ class Trainer:
         loss: a :class:`ReconstructionLoss` (default MSE).
         device: default :func:`aeutils.device.pick_device`.
         channels_last, amp, amp_dtype: as in :func:`make_train_step`; None (default): on for CUDA
-            only (see the module docstring for the CPU measurements).
+            only. ``speed``: a :func:`choose_speed` decision, used for whichever of
+            ``channels_last``/``amp`` is None (what :func:`train` does; kept as ``.speed``).
 
     ``step(batch)`` does one optimisation step and returns the detached loss; ``evaluate(batches)``
     returns mean PSNR/SSIM/loss; ``state_dict()``/``load_state_dict()`` cover optimiser, scaler,
@@ -295,10 +338,17 @@ class Trainer:
         total_steps: int = 1000,
         warmup_steps: int = 0,
         schedule: str = "cosine",
+        speed: Choice | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.channels_last = channels_last = (self.device.type == "cuda") if channels_last is None else bool(channels_last)
-        self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
+        on = self.device.type == "cuda"
+        if speed is not None:
+            channels_last = speed.channels_last if channels_last is None else channels_last
+            amp = speed.amp if amp is None else amp
+        self.channels_last = channels_last = on if channels_last is None else bool(channels_last)
+        self.amp = on if amp is None else bool(amp)
+        self.speed = speed if speed is not None else Choice(
+            candidate_name(self.channels_last, self.amp), "forced" if self.device.type == "cpu" else "device default")
         self.amp_dtype = amp_dtype or amp_dtype_for(self.device)
         model.to(self.device)
         if channels_last:
@@ -483,6 +533,40 @@ def _write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _run_speed(
+    ckpt: Any, model: nn.Module, loss: nn.Module, device: torch.device, *, batch_size: int, crop: int,
+    channels_last: bool | None, amp: bool | None, lr: float, weight_decay: float, remaining: int,
+    time_budget: float | None, rank: int, world: int, verbose: bool,
+) -> Choice:
+    """This run's speed choice: a resumed run's stored one (no probe) unless an option is forced
+    against it, else :func:`choose_speed` (rank 0 measures, the other ranks take its answer)."""
+    if ckpt is not None:
+        ta = ckpt.meta.get("train_args", {})
+        stored = ta.get("speed")
+        if stored is None and "channels_last" in ta:  # a run from before the probe: its flags were the choice
+            stored = {"name": candidate_name(bool(ta["channels_last"]), bool(ta.get("amp"))), "source": "resumed"}
+        if stored is not None:
+            old = Choice.from_dict(stored)
+            if (channels_last is None or channels_last == old.channels_last) and (amp is None or amp == old.amp):
+                resumed = Choice(old.name, "resumed", old.rates, old.probe_seconds, old.what)
+                if verbose:
+                    print(resumed.describe(), flush=True)
+                return resumed
+    if world > 1 and dist.is_initialized():
+        box: list[Any] = [None]
+        if rank == 0:
+            box[0] = choose_speed(
+                model, loss, (batch_size, 3, crop, crop), device, channels_last=channels_last, amp=amp, lr=lr,
+                weight_decay=weight_decay, expected_steps=remaining, time_budget=time_budget, verbose=verbose,
+            ).to_dict()
+        dist.broadcast_object_list(box, src=0)
+        return Choice.from_dict(box[0])
+    return choose_speed(
+        model, loss, (batch_size, 3, crop, crop), device, channels_last=channels_last, amp=amp, lr=lr,
+        weight_decay=weight_decay, expected_steps=remaining, time_budget=time_budget, verbose=verbose,
+    )
+
+
 def _val_batches(ds: Any, batch_size: int) -> Iterable[torch.Tensor]:
     for i in range(0, len(ds), batch_size):
         yield torch.stack([ds[j] for j in range(i, min(len(ds), i + batch_size))])
@@ -557,8 +641,9 @@ def train(
         device: default :func:`aeutils.device.pick_device`. workers: DataLoader processes.
         max_steps, time_budget: optional stops (total optimiser steps; seconds of this call).
         val_limit: validate on at most this many patches (evenly spaced; None: all).
-        channels_last, amp: speed options; None (default): on for CUDA only (amp: bf16, or fp16 +
-            GradScaler).
+        channels_last, amp: speed options; True/False force one; None (default): on CUDA both on (amp:
+            bf16, or fp16 + GradScaler); on the CPU measured once per run (:func:`choose_speed`,
+            skipped where the probe would cost more than 5 % of the run) and reused on resume.
         progress: tqdm bars; verbose: one summary line per epoch (rank 0 only).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel with a
@@ -628,9 +713,15 @@ def _train(  # noqa: C901 - one linear procedure reads best
     if ckpt is not None:
         model.load_state_dict(ckpt.model.state_dict())
     loss = ReconstructionLoss(mse=mse, l1=l1, ssim=ssim, vgg=vgg, vgg_weights=vgg_weights)
+    choice = _run_speed(
+        ckpt, model, loss, dev, batch_size=batch_size, crop=crop, channels_last=channels_last, amp=amp, lr=lr,
+        weight_decay=weight_decay, remaining=max(0, (min(total, max_steps) if max_steps else total) - (
+            int(ckpt.train_state.get("global_step", 0)) if ckpt is not None and ckpt.train_state else 0)),
+        time_budget=time_budget, rank=rank, world=world, verbose=verbose and rank == 0,
+    )
     trainer = Trainer(
         model, lr=lr, weight_decay=weight_decay, loss=loss, device=dev, channels_last=channels_last, amp=amp,
-        total_steps=total, warmup_steps=warmup, schedule=schedule,
+        total_steps=total, warmup_steps=warmup, schedule=schedule, speed=choice,
     )
     seed_everything(seed + 1000 * rank)  # different augmentations per rank
     start_epoch, best_psnr, best_loss = 0, -math.inf, math.inf
@@ -650,7 +741,8 @@ def _train(  # noqa: C901 - one linear procedure reads best
         "patches_dir": str(patches_dir), "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
         "weight_decay": weight_decay, "loss": dict(loss.weights), "stain_jitter": stain_jitter, "seed": seed,
         "schedule": schedule, "warmup_steps": warmup, "world_size": world, "device": str(dev),
-        "channels_last": trainer.channels_last, "amp": trainer.amp, "n_train": len(train_ds), "n_val": len(val_ds),
+        "channels_last": trainer.channels_last, "amp": trainer.amp, "speed": trainer.speed.to_dict(),
+        "n_train": len(train_ds), "n_val": len(val_ds),
     }
     writer = None
     if rank == 0:
@@ -662,7 +754,7 @@ def _train(  # noqa: C901 - one linear procedure reads best
             print(
                 f"aeutils train: {len(train_ds)} training / {len(val_ds)} validation patches, "
                 f"{steps_per_epoch} steps/epoch x {epochs} epochs, batch {batch_size}x{world}, crop {crop}, "
-                f"device {dev}, workers {n_workers}, amp {trainer.amp}",
+                f"device {dev}, workers {n_workers}, speed {trainer.speed.name} ({trainer.speed.source})",
                 flush=True,
             )
 
@@ -725,7 +817,7 @@ def _train(  # noqa: C901 - one linear procedure reads best
                     "train_loss": loss_sum / max(1, n), "val_loss": metrics["loss"], "val_psnr": metrics["psnr"],
                     "val_ssim": metrics["ssim"], "train_seconds": train_seconds,
                     "images_per_s": n * batch_size * world / max(train_seconds, 1e-9),
-                    "val_seconds": time.perf_counter() - v0,
+                    "val_seconds": time.perf_counter() - v0, "speed": trainer.speed.name,
                 }
                 has_val = math.isfinite(metrics["psnr"])
                 improved = metrics["psnr"] > best_psnr if has_val else row["train_loss"] < best_loss
@@ -866,8 +958,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", default=None, help="stop after this long: seconds, or 45m, 1.5h")
     parser.add_argument("--val-limit", type=int, default=256, help="validate on at most N patches (0: all)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                        help="channels_last memory format (auto: CUDA only; measured slower on CPU)")
-    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto: CUDA only)")
+                        help="channels_last memory format (auto: on for CUDA; on the CPU measured once per run)")
+    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                        help="mixed precision, bf16 autocast on the CPU (auto: on for CUDA; on the CPU measured once per run)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
