@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from aeutils import speed as _speed
 from aeutils.errors import CheckpointError
 from aeutils.model import STAGES, Autoencoder, check_size
 
@@ -106,6 +107,11 @@ class EncodingLoss(_Frozen):
         reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image, shape N).
         fuse: fold BatchNorm into the preceding convolutions of the (copied) encoder: same values,
             faster. The model passed in is never modified.
+        speed: how the encoder runs: None (default) decides per input shape with
+            :func:`aeutils.speed.inference_choice` (fp32 until this shape has been seen often enough for
+            a probe to pay, then the measured fastest of fp32 / channels_last / bf16 autocast / both,
+            cached per process), or a candidate name of :data:`aeutils.speed.CANDIDATES` to force one
+            (``$MSCOPY_CPU_SPEED`` forces one for every caller). Features are compared in float32.
 
     Frozen: eval mode always (``train()`` is a no-op), no trainable parameters, target features are
     computed under ``torch.no_grad()``; gradients flow to ``pred`` only.
@@ -143,8 +149,12 @@ class EncodingLoss(_Frozen):
         normalize: bool | str = DEFAULT_NORMALIZE,
         reduction: str = "mean",
         fuse: bool = True,
+        speed: str | None = None,
     ) -> None:
         super().__init__()
+        if speed is not None and speed not in _speed.CANDIDATES:
+            raise ValueError(f"speed must be None or one of {_speed.CANDIDATES}, got {speed!r}")
+        self.speed = speed
         if model is not None and checkpoint is not None:
             raise ValueError("give either model= or checkpoint=, not both")
         if model is None:
@@ -214,12 +224,27 @@ class EncodingLoss(_Frozen):
         assert total is not None
         return total
 
+    def speed_choice(self, pred: torch.Tensor) -> "_speed.Choice":
+        """How a call on a batch shaped like ``pred`` runs (:func:`aeutils.speed.inference_choice`,
+        timing this loss's own computation, with a backward pass to ``pred`` when it needs gradients)."""
+        backward = torch.is_grad_enabled() and pred.requires_grad
+        return _speed.inference_choice(
+            self, tuple(pred.shape), pred.device, backward=backward, force=self.speed,
+            run=lambda x, c: self._per_image(x, x, c),
+        )
+
+    def _per_image(self, pred: torch.Tensor, target: torch.Tensor, choice: "_speed.Choice") -> torch.Tensor:
+        with _speed.running(choice, pred.device):
+            with torch.no_grad():
+                target_feats = self._taps(_speed.prepare(target.detach(), choice), self._depth)
+            pred_feats = self._taps(_speed.prepare(pred, choice), self._depth)
+        as_float = lambda f: {k: v.float() for k, v in f.items()}  # noqa: E731
+        return self.compare(as_float(pred_feats), as_float(target_feats)) * self.weight
+
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss (or per-image, ``reduction="none"``) between ``pred`` and ``target``."""
         _check_pair(pred, target)
-        with torch.no_grad():
-            target_feats = self._taps(target.detach(), self._depth)
-        per_image = self.compare(self._taps(pred, self._depth), target_feats) * self.weight
+        per_image = self._per_image(pred, target, self.speed_choice(pred))
         return per_image.mean() if self.reduction == "mean" else per_image
 
 

@@ -165,35 +165,47 @@ class Encoded:
 
 
 def encode_batch(
-    model: "Autoencoder", x: "torch.Tensor", *, features: bool = False, batch_size: int = 16
+    model: "Autoencoder", x: "torch.Tensor", *, features: bool = False, batch_size: int = 16, speed: str | None = None
 ) -> Encoded:
     """Run ``model`` (eval mode, no grad) on ``x`` (Nx3xSxS in [0, 1]) in chunks of ``batch_size``.
 
-    Returns :class:`Encoded`; with ``features=True`` it also keeps every encoder stage's maps.
+    Returns :class:`Encoded` (float32 tensors on the CPU); with ``features=True`` it also keeps every
+    encoder stage's maps. ``speed``: None (default) runs as :func:`aeutils.speed.inference_choice`
+    decides for this chunk shape (fp32 until enough chunks were encoded in this process for its probe
+    to pay; a few figures' worth never probes), or a candidate name of :data:`aeutils.speed.CANDIDATES`
+    to force one (also ``$MSCOPY_CPU_SPEED``). The model is never modified.
     """
     import torch
 
+    from aeutils import speed as _speed
     from aeutils.metrics import psnr, ssim
 
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected an Nx3xSxS batch of RGB patches in [0, 1], got shape {tuple(x.shape)}")
+    if speed is not None and speed not in _speed.CANDIDATES:
+        raise ValueError(f"speed must be None or one of {_speed.CANDIDATES}, got {speed!r}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     zs, ys, feats = [], [], {}
+    chunk_shape = (min(batch_size, max(1, x.shape[0])), *x.shape[1:])
     try:
-        with torch.inference_mode():
+        choice = _speed.inference_choice(
+            model, chunk_shape, device, expected_batches=-(-x.shape[0] // batch_size), force=speed,
+            run=lambda xb, c: _speed.forward(lambda t: model.decode(model.encode(t)), xb, c),
+        )
+        with torch.inference_mode(), _speed.running(choice, device):
             for chunk in x.split(batch_size):
-                xb = chunk.to(device=device, dtype=torch.float32)
+                xb = _speed.prepare(chunk.to(device=device, dtype=torch.float32), choice)
                 if features:
                     f = model.encode_features(xb)
                     for k, v in f.items():
-                        feats.setdefault(k, []).append(v.float().cpu())
+                        feats.setdefault(k, []).append(v.float().contiguous().cpu())
                     z = f["latent"]
                 else:
                     z = model.encode(xb)
-                ys.append(model.decode(z).float().cpu())
-                zs.append(z.float().cpu())
+                ys.append(model.decode(z).float().contiguous().cpu())
+                zs.append(z.float().contiguous().cpu())
     finally:
         model.train(was_training)
     inputs = x.detach().float().cpu()
