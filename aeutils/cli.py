@@ -1,4 +1,4 @@
-"""Command line: ``python -m aeutils {extract,train,figures} ...``.
+"""Command line: ``python -m aeutils {extract,train,figures,manifest} ...``.
 
 Each command lives in its own module, imported only when that command runs (so ``extract`` never
 imports torch). A command module provides::
@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("aeutils.patches", "cut tissue patches from whole-slide images into PNGs + manifest.csv"),
     "train": ("aeutils.train", "train the autoencoder on extracted patches (CPU, GPU, or torchrun)"),
     "figures": ("aeutils.viz", "make the README figures with the shipped model and the sample slide"),
+    "encode": ("aeutils.slidemap", "encode whole slides into seamless encoding maps (tiled pyramidal TIFF)"),
+    "manifest": ("aeutils.manifest", "merge the manifests of extract --shard runs: manifest merge OUT..."),
 }
 
 

@@ -79,7 +79,11 @@ def test_bad_inputs_one_line_each_and_good_slides_done(
     "args,message",
     [
         (["--level", "3"], r"level 3 out of range \(the slide has levels 0..1\)"),
-        (["--mpp", "7"], "no pyramid level near 7 um/px"),
+        (["--mpp", "0.1"], r"s\.tiff: --mpp 0\.1 is finer than level 0 \(0\.5 um/px\); upsampling is not done"),
+        (["--mpp", "7"], r"s\.tiff: patch size 181 px is larger than level 1 resampled to 7 um/px \(18 x 18 px\)"),
+        (["--assume-mpp", "900"], r"--assume-mpp 900 is outside the plausible 0\.05-20 um/px"),
+        (["--shard", "3/2"], r"--shard K/N needs 1 <= K <= N, got 3/2"),
+        (["--max-patches", "0"], "max patches must be a positive integer"),
         (["--keep", "tumour"], "needs annotations"),
         (["--annotations", "nope.xml"], "nope.xml: no such annotation file"),
         (["--patch-size", "0"], "patch size must be a positive integer"),

@@ -103,7 +103,7 @@ def test_block_reads_equal_single_reads(syn: Path, tmp_path: Path, level: int) -
     reads = [r for t in tasks for r in t[4]]
     assert len(reads) < len(plan.cells)  # neighbours really are read together
     for t in tasks:
-        assert _run_task(t) == (len(_task_paths(t)), None)
+        assert _run_task(t)[:2] == (len(_task_paths(t)), None)
     for c in plan.cells:
         got = np.asarray(Image.open(tmp_path / c.relpath(plan.name)))
         np.testing.assert_array_equal(got, _ref(syn, c.x, c.y, level, 64))
@@ -160,10 +160,15 @@ def test_resume_is_byte_identical(syn: Path, tmp_path: Path) -> None:
     assert all(p.stat().st_ino == ino for p, ino in kept.items())  # finished patches were not redone
 
 
-def test_rerun_with_other_grid_replaces_stale_patches(syn: Path, tmp_path: Path) -> None:
+def test_rerun_with_other_grid_is_refused_then_overwritten(syn: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     extract(syn, out, patch_size=64, workers=1, progress=False)
-    extract(syn, out, patch_size=128, workers=1, progress=False)
+    before = tree_digest(out)
+    with pytest.raises(PatchError, match=r"slide syn was extracted here with --patch-size 64 \(now 128\); "
+                                         r"\d+ of its patches .* another --out, or --overwrite"):
+        extract(syn, out, patch_size=128, workers=1, progress=False)
+    assert tree_digest(out) == before  # nothing deleted, nothing added
+    extract(syn, out, patch_size=128, workers=1, progress=False, overwrite=True)
     rows = read_manifest(out)
     assert {r["size"] for r in rows} == {128}
     assert sorted(p.name for p in (out / "unlabeled").iterdir()) == sorted(Path(r["path"]).name for r in rows)
