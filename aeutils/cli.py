@@ -23,7 +23,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("aeutils.train", "train the autoencoder on extracted patches (CPU, GPU, or torchrun)"),
     "figures": ("aeutils.viz", "make the README figures with the shipped model and the sample slide"),
     "encode": ("aeutils.slidemap", "encode whole slides into seamless encoding maps (tiled pyramidal TIFF)"),
-    "encode": ("aeutils.slidemap", "encode whole slides into seamless encoding maps (tiled pyramidal TIFF)"),
     "manifest": ("aeutils.manifest", "merge the manifests of extract --shard runs: manifest merge OUT..."),
 }
 
