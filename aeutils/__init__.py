@@ -2,9 +2,11 @@
 
 Modules (each one idea):
     slides      open whole-slide images (OpenSlide), levels, mpp, thumbnails, region reads
+    scale       the scale patches are read at: level, mpp with antialiased resampling, --assume-mpp
     tissue      tissue masks on thumbnails
     annotations CAMELYON16 / ASAP XML tumour polygons
     patches     grid patch extraction to PNG + manifest.csv (the ``extract`` command)
+    manifest    manifest.csv: columns, reading, merging shards (the ``manifest`` command)
     model       the residual autoencoder and its config
     introspect  shapes, parameters, FLOPs and receptive field of a model (notebook 02)
     checkpoint  safe, atomic checkpoints (weights + config + metadata)
@@ -18,7 +20,7 @@ Modules (each one idea):
     resample    bicubic down/up scaling shared by sr and sensitivity
     device      one helper that picks cuda > mps > cpu
     io          atomic file writes
-    sample      the bundled sample slide, checksum-verified
+    sample      the bundled sample slides (CMU skin, prostate), checksum-verified
 
 Importing ``aeutils`` does not import torch: the extraction path stays fast to start.
 """
@@ -27,10 +29,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aeutils.errors import AeutilsError
-from aeutils.sample import sample_slide
+from aeutils.sample import sample_slide, sample_slides
 
 __version__ = "0.1.0"
-__all__ = ["AeutilsError", "sample_slide", "load_pretrained", "__version__"]
+__all__ = ["AeutilsError", "sample_slide", "sample_slides", "load_pretrained", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from aeutils.model import Autoencoder

@@ -34,14 +34,17 @@ def synthetic_image(width: int, height: int, tissue: Iterable[Rect], *, seed: in
     return img
 
 
-def pyramid(img: np.ndarray, levels: int) -> list[np.ndarray]:
-    """``levels`` images, each half the previous one (2 x 2 mean, odd edge dropped)."""
+def pyramid(img: np.ndarray, levels: int, step: int = 2) -> list[np.ndarray]:
+    """``levels`` images, each ``1/step`` the previous one (``step`` x ``step`` mean, ragged edge dropped).
+
+    ``step=2``: the usual halving pyramid; ``step=4``: levels 4x apart, as in 40x Aperio/TCGA files.
+    """
     out = [img]
     for _ in range(levels - 1):
         a = out[-1]
-        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
-        a = a[:h, :w].astype(np.uint16)
-        out.append(((a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2) // 4).astype(np.uint8))
+        h, w = a.shape[0] // step * step, a.shape[1] // step * step
+        a = a[:h, :w].astype(np.uint32).reshape(h // step, step, w // step, step, 3)
+        out.append(((a.sum(axis=(1, 3)) + step * step // 2) // (step * step)).astype(np.uint8))
     return out
 
 
@@ -53,18 +56,20 @@ def write_tiff(
     tile: int = 128,
     mpp: float | None = 0.5,
     quality: int = 90,
+    step: int = 2,
 ) -> Path:
-    """Write ``img`` (level 0, H x W x 3 uint8) as a tiled JPEG pyramid of ``levels`` levels (OpenSlide-readable)."""
+    """Write ``img`` (level 0, H x W x 3 uint8) as a tiled JPEG pyramid of ``levels`` levels, each
+    ``step`` times smaller than the one before (OpenSlide-readable); ``mpp``: level-0 tag (None: no tag)."""
     import tifffile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    levels_img = pyramid(img, levels)
+    levels_img = pyramid(img, levels, step)
     with tifffile.TiffWriter(path, bigtiff=img.size > 2**31) as tw:
         for k, a in enumerate(levels_img):
             kw = {}
             if mpp is not None:
-                px_per_cm = 1e4 / (mpp * 2**k)
+                px_per_cm = 1e4 / (mpp * step**k)
                 kw = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
             tw.write(
                 a, tile=(tile, tile), photometric="rgb", compression="jpeg", compressionargs={"level": quality},
@@ -136,3 +141,24 @@ def asap_xml(
 def rect_polygon(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
     """The four corners of a rectangle, as an annotation polygon."""
     return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def real_tissue(width: int, height: int, *, x: int = 600, y: int = 700) -> np.ndarray:
+    """A ``height`` x ``width`` x 3 uint8 crop of the bundled sample slide (real H&E at 0.499 um/px)."""
+    from aeutils import sample_slide
+    from aeutils.slides import open_slide
+
+    with open_slide(sample_slide()) as s:
+        return s.read_region(x, y, 0, (width, height))
+
+
+def upsampled_pyramid(path: str | Path, truth: np.ndarray, *, up: int = 2, mpp: float = 0.25, levels: int = 3,
+                      step: int = 4, tile: int = 256, quality: int = 95) -> Path:
+    """A "40x" slide made by upsampling real tissue: level 0 is ``truth`` enlarged ``up`` times (Lanczos)
+    and tagged ``mpp`` um/px, then levels ``step`` times apart. ``truth`` is then exactly the slide at
+    ``mpp * up`` um/px (0.5 by default): what a resampling extractor should give back."""
+    from PIL import Image
+
+    h, w = truth.shape[:2]
+    big = np.asarray(Image.fromarray(truth).resize((w * up, h * up), Image.Resampling.LANCZOS))
+    return write_tiff(path, big, levels=levels, tile=tile, mpp=mpp, quality=quality, step=step)
