@@ -685,8 +685,10 @@ def encode_slide(
                                   "[{elapsed}<{remaining}, {rate_fmt}]")
             try:
                 for ty, tx, z, r in encoder.run(_read_jobs(source, grid, todo, run)):
-                    store.save("m", ty, tx, _latent_mask(tissue, grid, ty, tx, ds))
-                    if r is not None:
+                    m = _latent_mask(tissue, grid, ty, tx, ds)
+                    store.save("m", ty, tx, m)
+                    if r is not None:  # background white, at the mask's latent resolution
+                        r[~np.repeat(np.repeat(m, STRIDE, 0), STRIDE, 1)[: r.shape[0], : r.shape[1]]] = 255
                         store.save("r", ty, tx, r)
                     store.save("z", ty, tx, z)
                     x0, y0, x1, y1 = grid.core_box(ty, tx)

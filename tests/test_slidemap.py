@@ -1,0 +1,288 @@
+"""``aeutils.slidemap`` / ``python -m aeutils encode``: the tiled map equals one-shot encoding, the TIFF
+opens in OpenSlide with its mpp, views use whole-slide tissue statistics, interrupted runs resume,
+bad inputs give one error line, and a 100k x 80k px slide stays under 2 GB of RSS."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+import torch
+
+from aeutils import cli
+from aeutils.checkpoint import save_checkpoint
+from aeutils.errors import CheckpointError
+from aeutils.introspect import receptive_field
+from aeutils.slidemap import (
+    MapStats, TileGrid, encode_image, encode_slide, encoder_margin, read_settings, to_uint8,
+)
+from aeutils.slides import open_slide
+from synthetic import GLASS, synthetic_image, write_slide
+from tinymodels import small_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from aeutils import load_pretrained
+
+    return load_pretrained()
+
+
+@pytest.fixture(scope="module")
+def region(sample_slide_path: Path) -> np.ndarray:
+    """A 1500 x 1500 px tissue region of the sample slide (level 0)."""
+    with open_slide(sample_slide_path) as s:
+        return s.read_region(400, 800, 0, (1500, 1500))
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1400 x 1100 px synthetic slide (0.5 um/px) with two tissue rectangles."""
+    d = tmp_path_factory.mktemp("syn")
+    return write_slide(d / "syn.tiff", 1400, 1100, ((100, 100, 700, 600), (800, 500, 1300, 1000)), levels=3)
+
+
+# --------------------------------------------------------------------------------------------- seamless
+def test_tiled_map_equals_one_shot_encoding(shipped, region: np.ndarray) -> None:
+    """Cores of 512 px: tile borders at 512 and 1024 px inside the 1500 px region."""
+    x = torch.from_numpy(region.copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref = shipped.encoder_forward(x)[0][0, 0].numpy()
+    tiled, _ = encode_image(shipped, region, core=512, precision="fp32")
+    assert tiled.shape == ref.shape == (375, 375)
+    assert np.abs(tiled - ref).max() <= 1e-4
+    # the margin is what makes it seamless: without it the tile borders show
+    seamed, _ = encode_image(shipped, region, core=512, margin=8, precision="fp32")
+    assert np.abs(seamed - ref).max() > 1e-2
+    assert encoder_margin(shipped.config) >= (receptive_field(shipped.config) - 1) / 2
+
+
+def test_any_size_and_reconstruction_are_seamless(shipped, region: np.ndarray) -> None:
+    """Odd sides (not 4k+1) encode; the tiled reconstruction equals decode(encode) of the whole image."""
+    img = region[:1001, :1001]
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        ref_y = shipped.decode(shipped.encode(x))[0].permute(1, 2, 0).mul(255).round().byte().numpy()
+    _, rec = encode_image(shipped, img, core=256, reconstruction=True, precision="fp32")
+    assert rec.shape == img.shape
+    assert np.abs(rec.astype(int) - ref_y.astype(int)).max() <= 1
+    odd = region[:1003, :998]
+    z, _ = encode_image(shipped, odd, core=256, precision="fp32")
+    with torch.inference_mode():
+        ref = shipped.encoder_forward(torch.from_numpy(np.ascontiguousarray(odd)).permute(2, 0, 1)[None].float() / 255)[0]
+    assert z.shape == (251, 250) and np.abs(z - ref[0, 0].numpy()).max() <= 1e-4
+
+
+def test_tile_grid_geometry() -> None:
+    g = TileGrid(2220, 2967, 1024, 36)
+    assert g.shape == (3, 3) and g.latent_shape == (742, 555)
+    assert g.read_box(1, 1) == (988, 988, 2084, 2084) and g.read_box(2, 2) == (2012, 2012, 2220, 2967)
+    assert g.latent_box(2, 2) == (512, 512, 555, 742)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        TileGrid(100, 100, 1022, 36)
+
+
+# --------------------------------------------------------------------------------------------- views
+def test_views_use_whole_slide_statistics() -> None:
+    from skimage import exposure
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 1, 20000), rng.normal(5, 0.5, 5000)]).astype(np.float32)
+    chunks = np.array_split(values, 7)  # as if from 7 tiles
+    stats = MapStats.from_values(lambda: iter(chunks))
+    assert stats.count == values.size and stats.minimum == values.min() and stats.maximum == values.max()
+    for p in (2, 50, 98):
+        assert abs(stats.percentile(p) - np.percentile(values, p)) < 2e-3
+    lo, hi = np.percentile(values, [2, 98])
+    want = exposure.rescale_intensity(values.astype(np.float64), in_range=(lo, hi), out_range=(0.0, 1.0))
+    # a tile's view is the same whether computed alone or with the rest of the slide
+    got = np.concatenate([stats.view(c, "stretch") for c in chunks])
+    assert np.abs(got - want).max() < 1e-3
+    eq = exposure.equalize_hist(values[None].astype(np.float64), nbins=4096)[0]
+    eq = (eq - eq.min()) / (eq.max() - eq.min())
+    assert np.abs(np.concatenate([stats.view(c, "equalize") for c in chunks]) - eq).max() < 1e-3
+    raw = np.concatenate([stats.view(c, "raw") for c in chunks])
+    assert raw.min() == 0 and raw.max() == 1
+    # per-tile scaling would differ: the second chunk alone spans its own min..max
+    assert abs(stats.view(chunks[1], "raw").max() - 1.0) > 1e-3 or chunks[1].max() == values.max()
+
+
+# --------------------------------------------------------------------------------------------- the command
+def test_encode_writes_pyramids_openslide_opens_with_mpp(tmp_path: Path, syn: Path) -> None:
+    model = small_model()
+    res = encode_slide(syn, tmp_path, model=model, core=512, view="stretch", reconstruction=True,
+                       precision="fp32", progress=False)
+    assert res.encoding == tmp_path / "syn.encoding.tiff" and res.tiles == res.encoded > 0
+    assert not list(tmp_path.glob(".*"))  # work folder and temp files gone
+    osr = openslide.OpenSlide(str(res.encoding))
+    assert osr.dimensions == (350, 275) and osr.level_count >= 2
+    assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(2.0)
+    with open_slide(res.encoding) as e:
+        assert e.mpp == pytest.approx(2.0)
+        got = e.read_region(0, 0, 0, e.dimensions)[..., 0]
+    # same pixels as the in-memory tiled encoding viewed with the slide's tissue statistics
+    with open_slide(syn) as s:
+        img = s.read_region(0, 0, 0, s.dimensions)
+    zmap, _ = encode_image(model, img, core=512, precision="fp32")
+    tissue = got > 0
+    want = to_uint8(res.stats.view(zmap, "stretch"))
+    assert np.abs(want[tissue].astype(int) - got[tissue].astype(int)).max() <= 1
+    # background (glass) is empty, tissue is mapped
+    assert got[10:20, 10:20].max() == 0 and tissue[40:140, 40:160].mean() > 0.95
+    assert read_settings(res.encoding)["view"] == "stretch"
+    with open_slide(res.reconstruction) as r:
+        assert r.dimensions == (1400, 1100) and r.mpp == pytest.approx(0.5)
+        patch = r.read_region(200, 200, 0, (64, 64)).astype(int)
+        assert patch.std() > 1  # decoded texture, not a flat fill
+        assert np.abs(r.read_region(1340, 20, 0, (32, 32)).astype(int) - 255).max() == 0  # background white
+
+
+def test_interrupted_run_resumes_to_the_same_file(tmp_path: Path, syn: Path) -> None:
+    model = small_model()
+    ref = encode_slide(syn, tmp_path / "ref", model=model, core=256, precision="fp32", progress=False)
+    out = tmp_path / "run"
+    seen: list[tuple[int, int]] = []
+
+    def stop(ty: int, tx: int) -> None:
+        seen.append((ty, tx))
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(syn, out, model=model, core=256, precision="fp32", progress=False, on_tile=stop)
+    assert not (out / "syn.encoding.tiff").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith("syn.") or p.suffix == ".tmp"]
+    again = encode_slide(syn, out, model=model, core=256, precision="fp32", progress=False)
+    assert again.encoded == ref.tiles - 3 and again.tiles == ref.tiles
+    assert (out / "syn.encoding.tiff").read_bytes() == ref.encoding.read_bytes()
+    assert encode_slide(syn, out, model=model, core=256, precision="fp32", progress=False).up_to_date
+    # other settings restart cleanly (here: another view)
+    other = encode_slide(syn, out, model=model, core=256, view="equalize", precision="fp32", progress=False)
+    assert other.encoded == ref.tiles and read_settings(other.encoding)["view"] == "equalize"
+    # a work folder of other settings is replaced, not mixed in
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(syn, out, model=model, core=512, precision="fp32", progress=False,
+                     on_tile=lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    fresh = encode_slide(syn, out, model=small_model(seed=1), core=512, precision="fp32", progress=False)
+    assert fresh.encoded == fresh.tiles
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str]:
+    code = cli.main(["encode", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def test_bad_inputs_one_error_line(tmp_path: Path, syn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ck = tmp_path / "small.pt"
+    save_checkpoint(ck, small_model())
+    out = tmp_path / "out"
+    missing = tmp_path / "nope.svs"
+    text = tmp_path / "notes.svs"
+    text.write_text("not a slide")
+    blank = write_slide(tmp_path / "blank.tiff", 600, 400, (), levels=2)
+    nompp = write_slide(tmp_path / "nompp.tiff", 600, 400, ((100, 100, 500, 300),), levels=2, mpp=None)
+    cases = [
+        ((missing,), "no such file"),
+        ((text,), "not a slide"),
+        ((blank,), "no tissue"),
+        ((nompp, "--mpp", "0.5"), "--assume-mpp"),
+        ((syn, "--level", "7"), "level 7 out of range"),
+    ]
+    for extra, message in cases:
+        code, err = _cli(capsys, *extra, "--out", out, "--checkpoint", ck, "--quiet")
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (extra, err)
+        assert str(extra[0]) in lines[0]
+    # --assume-mpp is the way out, and the map gets that scale (4 x 0.5 um/px)
+    code, err = _cli(capsys, nompp, "--mpp", "0.5", "--assume-mpp", "0.5", "--out", out, "--checkpoint", ck, "--quiet")
+    assert code == 0, err
+    with open_slide(out / "nompp.encoding.tiff") as e:
+        assert e.mpp == pytest.approx(2.0)
+    # checkpoints of another architecture: named, one line, nothing written
+    two = tmp_path / "two.pt"
+    save_checkpoint(two, small_model(latent_channels=2))
+    code, err = _cli(capsys, syn, "--out", tmp_path / "o2", "--checkpoint", two)
+    assert code == 2 and "another architecture" in err and str(two) in err and not (tmp_path / "o2").exists()
+    payload = torch.load(ck, weights_only=True)
+    payload["model"] = small_model(n_blocks=2).state_dict()  # weights of another model under this config
+    payload.pop("digest")
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    code, err = _cli(capsys, syn, "--out", tmp_path / "o3", "--checkpoint", bad)
+    assert code == 2 and "another architecture" in err and str(bad) in err
+    with pytest.raises(CheckpointError):
+        encode_slide(syn, tmp_path / "o4", model=two)
+
+
+# --------------------------------------------------------------------------------------------- bounded memory
+def sparse_pyramid(path: Path, width: int, height: int, tissue: tuple[int, int, int, int], *, tile: int = 512,
+                   downsamples: tuple[int, ...] = (1, 4, 16, 64), mpp: float = 0.5) -> Path:
+    """A huge, mostly-glass tiled RGB TIFF pyramid (zlib), written fast: every glass tile is one
+    pre-compressed byte string; only the ``tissue`` rectangle (level-0 x0, y0, x1, y1) has texture."""
+    import tifffile
+
+    x0, y0, x1, y1 = tissue
+    tex = synthetic_image(x1 - x0, y1 - y0, [(0, 0, x1 - x0, y1 - y0)], seed=1)
+    glass = np.empty((tile, tile, 3), np.uint8)
+    glass[:] = GLASS
+    glass_bytes = zlib.compress(glass.tobytes(), 6)
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for k, ds in enumerate(downsamples):
+            lw, lh = width // ds, height // ds
+            small = tex[::ds, ::ds]
+            tx0, ty0 = x0 // ds, y0 // ds
+
+            def tiles():
+                for ty in range(0, lh, tile):
+                    for tx in range(0, lw, tile):
+                        if tx + tile <= tx0 or tx >= tx0 + small.shape[1] or ty + tile <= ty0 or ty >= ty0 + small.shape[0]:
+                            yield glass_bytes
+                            continue
+                        t = glass.copy()
+                        ax0, ay0 = max(tx, tx0), max(ty, ty0)
+                        ax1, ay1 = min(tx + tile, tx0 + small.shape[1]), min(ty + tile, ty0 + small.shape[0])
+                        t[ay0 - ty:ay1 - ty, ax0 - tx:ax1 - tx] = small[ay0 - ty0:ay1 - ty0, ax0 - tx0:ax1 - tx0]
+                        yield zlib.compress(t.tobytes(), 6)
+
+            px_cm = 1e4 / (mpp * ds)
+            tw.write(tiles(), shape=(lh, lw, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                     compression="zlib", subfiletype=0 if k == 0 else 1, resolution=(px_cm, px_cm),
+                     resolutionunit="CENTIMETER", metadata=None)
+    return path
+
+
+def test_100k_slide_stays_under_2_gb(tmp_path: Path) -> None:
+    slide = sparse_pyramid(tmp_path / "huge.tiff", 100_000, 80_000, (40_000, 30_000, 42_600, 32_100))
+    with open_slide(slide) as s:
+        assert s.dimensions == (100_000, 80_000) and s.level_count == 4
+    ck = tmp_path / "small.pt"
+    save_checkpoint(ck, small_model())
+    code = (
+        "import resource, sys\n"
+        "from aeutils import cli\n"
+        "rc = cli.main(sys.argv[1:])\n"
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "MSCOPY_CPU_SPEED": "fp32"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "encode", str(slide), "--out", str(tmp_path / "maps"), "--checkpoint", str(ck),
+         "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rss_gb = int(proc.stdout.split("maxrss_kb")[1].split()[0]) / 2**20
+    assert rss_gb < 2.0, proc.stdout
+    with open_slide(tmp_path / "maps" / "huge.encoding.tiff") as e:
+        assert e.dimensions == (25_000, 20_000) and e.mpp == pytest.approx(2.0) and e.level_count >= 5
+        tissue = e.read_region(10_300, 7_600, 0, (64, 64))[..., 0]
+        glass = e.read_region(2_000, 2_000, 0, (64, 64))[..., 0]
+    assert tissue.mean() > 5 and glass.max() == 0
+    assert json.loads(openslide.OpenSlide(str(tmp_path / "maps" / "huge.encoding.tiff")).properties["openslide.comment"])["mpp"] == 0.5
