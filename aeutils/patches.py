@@ -913,19 +913,22 @@ def extract(
             wanted = {c.relpath(name): c for c in plan.cells}
             earlier = {r["path"] for r in old_by_slide.get(name, ())} | on_disk.get(name, set())
             stale = sorted(earlier - set(wanted))
-            if stale and not overwrite:
-                diffs = _settings_diff(old_by_slide.get(name, []), plan)
+            diffs = _settings_diff(old_by_slide.get(name, []), plan)
+            if (stale or diffs) and not overwrite:
                 why = ("with " + "; ".join(diffs)) if diffs else (
                     "with another selection of cells (--min-tissue, --max-patches, --keep or --annotations differ, "
                     "or an interrupted run with other settings)")
-                fail(PatchError(f"{out}: slide {name} was extracted here {why}; {len(stale)} of its patches are not in "
-                                f"this grid and would be lost: use another --out, or --overwrite to replace them"))
+                lost = f"{len(earlier)} patches would be replaced" if diffs else (
+                    f"{len(stale)} of its patches are not in this grid and would be lost")
+                fail(PatchError(f"{out}: slide {name} was extracted here {why}; {lost}: use another --out, "
+                                f"or --overwrite to replace them"))
                 continue
-            if stale:
-                for rel in stale:
+            if stale or diffs:
+                for rel in sorted(earlier):
                     (out / rel).unlink(missing_ok=True)
-                say(f"{name}: --overwrite: removed {len(stale)} patches of an earlier run with other settings")
+                say(f"{name}: --overwrite: removed {len(earlier)} patches of an earlier run with other settings")
                 old_by_slide.pop(name, None)
+                on_disk.pop(name, None)
             for rel in wanted:
                 for t in tmps.get(rel.rpartition("/")[2], ()):
                     t.unlink(missing_ok=True)

@@ -1,0 +1,223 @@
+"""Nothing lost, nothing half-kept: the seven ways extraction used to lose or half-keep data (issue 10),
+each reproduced as a user found it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aeutils.errors import PatchError, SlideError
+from aeutils.patches import drawable_text, extract, read_manifest
+from synthetic import write_slide
+from test_cli_extract import run_cli
+from test_patches import tree_digest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def slide(tmp_path: Path) -> Path:
+    return write_slide(tmp_path / "s.tiff", 512, 512, [(0, 0, 512, 512)], levels=1)
+
+
+# 1. another --patch-size into the same --out deleted the earlier patches without a word
+def test_1_rerun_with_other_patch_size_is_refused_in_one_line(slide: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert run_cli(slide, "--out", out, "--patch-size", "64", "--quiet", "--workers", "1").returncode == 0
+    before = tree_digest(out)
+    r = run_cli(slide, "--out", out, "--patch-size", "128", "--quiet", "--workers", "1")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "--patch-size 64 (now 128)" in lines[0] and "another --out" in lines[0] and "--overwrite" in lines[0]
+    assert tree_digest(out) == before  # all 64 patches and the manifest untouched
+    r = run_cli(slide, "--out", out, "--patch-size", "128", "--quiet", "--workers", "1", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert "removed 64 patches" in r.stdout
+    assert {row["size"] for row in read_manifest(out)} == {128} and len(read_manifest(out)) == 16
+
+
+# 2. resume kept (and listed) a PNG truncated after its header
+@pytest.mark.parametrize("listed", [True, False])
+def test_2_resume_redoes_truncated_png(slide: Path, tmp_path: Path, listed: bool) -> None:
+    ref, out = tmp_path / "ref", tmp_path / "o"
+    extract(slide, ref, patch_size=64, workers=1, progress=False)
+    extract(slide, out, patch_size=64, workers=1, progress=False)
+    victim = out / read_manifest(out)[5]["path"]
+    victim.write_bytes(victim.read_bytes()[:200])  # header intact, image data cut
+    if not listed:  # a patch written after the last manifest save: no stored size, decoded in full
+        (out / "manifest.csv").unlink()
+    extract(slide, out, patch_size=64, workers=1, progress=False)
+    assert tree_digest(out) == tree_digest(ref)
+    Image.open(victim).load()
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                kids.append(int(d.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# 3. kill -9 of the parent left pool workers writing for seconds, ending in BrokenPipeError tracebacks
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux")
+def test_3_workers_die_with_their_parent(tmp_path: Path) -> None:
+    big = write_slide(tmp_path / "big.tiff", 1536, 1024, [(0, 0, 1536, 1024)], levels=1, tile=256)
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "aeutils", "extract", str(big), "--out", str(out), "--patch-size", "32",
+           "--workers", "2", "--quiet"]
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as ferr:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=ferr, start_new_session=True)
+        folder = out / "unlabeled"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if folder.is_dir() and sum(1 for _ in folder.glob("*.png")) >= 20:
+                break
+            time.sleep(0.01)
+        workers = _children(proc.pid)
+        if proc.poll() is not None or not workers:
+            pytest.skip("the run finished before it could be killed")
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only, as `kill -9 PID` does
+        proc.wait()
+        t0 = time.monotonic()
+        while any(_alive(w) for w in workers) and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        gone_after = time.monotonic() - t0
+    assert not any(_alive(w) for w in workers)
+    assert gone_after < 0.5, f"workers outlived the parent by {gone_after:.2f} s"
+    n = sum(1 for _ in folder.glob("*.png"))
+    time.sleep(0.3)
+    assert sum(1 for _ in folder.glob("*.png")) == n  # nobody writes any more
+    assert "Traceback" not in err.read_text() and "BrokenPipeError" not in err.read_text()
+
+
+def _corrupt_tile(path: Path, index: int) -> None:
+    import tifffile
+
+    with tifffile.TiffFile(path) as t:
+        off, n = t.pages[0].dataoffsets[index], t.pages[0].databytecounts[index]
+    data = bytearray(path.read_bytes())
+    data[off + 2: off + n] = bytes(n - 2)  # the JPEG start marker stays, the rest is zeros
+    path.write_bytes(bytes(data))
+
+
+# 4. a slide failing mid-way left PNGs and its .qc.png outside the manifest
+def test_4_slide_failing_midway_leaves_nothing_unlisted(tmp_path: Path) -> None:
+    bad = write_slide(tmp_path / "bad.tiff", 1024, 1024, [(0, 0, 1024, 1024)], levels=1, tile=128)
+    _corrupt_tile(bad, 40)  # row 5 of 8: the first rows' patches are written before the failure
+    good = write_slide(tmp_path / "good.tiff", 512, 512, [(0, 0, 512, 512)], levels=1)
+    out = tmp_path / "o"
+    errs: list[Exception] = []
+    extract([bad, good], out, patch_size=64, workers=1, progress=False, on_error=errs.append)
+    assert len(errs) == 1 and "bad.tiff" in str(errs[0]) and "cannot read pixels" in str(errs[0])
+    rows = read_manifest(out)
+    assert {r["slide"] for r in rows} == {"good"}
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if not p.name.endswith(".qc.png"))
+    assert on_disk == sorted(r["path"] for r in rows)  # no PNG outside the manifest
+    assert not (out / "bad.qc.png").exists() and (out / "good.qc.png").exists()
+
+
+# 5. rerunning on a subset kept other slides' rows without checking their files exist
+def test_5_subset_rerun_checks_other_slides_files(tmp_path: Path) -> None:
+    a = write_slide(tmp_path / "a.tiff", 512, 512, [(0, 0, 512, 512)], levels=1)
+    b = write_slide(tmp_path / "b.tiff", 512, 512, [(0, 0, 512, 512)], levels=1, seed=1)
+    out = tmp_path / "o"
+    extract([a, b], out, patch_size=128, workers=1, progress=False)
+    b_rows = [r for r in read_manifest(out) if r["slide"] == "b"]
+    for r in b_rows[:3]:
+        (out / r["path"]).unlink()
+    lines: list[str] = []
+    extract(a, out, patch_size=128, workers=1, progress=False, log=lines.append)
+    rows = read_manifest(out)
+    assert all((out / r["path"]).is_file() for r in rows)
+    assert len([r for r in rows if r["slide"] == "b"]) == len(b_rows) - 3
+    assert any(line.startswith("warning:") and "3 of 16 rows of slide b dropped" in line for line in lines), lines
+
+
+# 6. unusable --out and duplicate slides: say what is wrong with what
+def test_6_out_is_a_file_or_not_writable(slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = run_cli(slide, "--out", f, "--quiet")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {f}: --out is an existing file, not a folder"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:  # root writes anywhere: then the OS refusal is simulated below instead
+        ro.chmod(0o555)
+        try:
+            r = run_cli(slide, "--out", ro, "--quiet")
+        finally:
+            ro.chmod(0o755)
+        assert r.returncode == 2 and r.stderr.strip().startswith(f"error: {ro}: the output folder is not writable")
+    import tempfile
+
+    def refuse(*a, **k):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PatchError, match=rf"^{ro}: the output folder is not writable \(Permission denied\)$"):
+        extract(slide, ro, progress=False)
+
+
+def test_6_duplicate_slides(slide: Path, tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    twin = other / "s.tiff"
+    twin.write_bytes(slide.read_bytes())
+    out = tmp_path / "o"
+    r = run_cli(slide, slide, twin, "--out", out, "--quiet", "--workers", "1")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0] == f"warning: {slide} is given more than once; extracted once"
+    assert lines[1] == (f"error: {twin}: slide name 's' is taken by {slide} in this run (patch files are named "
+                        f"<slide name>_<x>_<y>.png); rename one of them")
+    assert len(lines) == 2 and {r["slide"] for r in read_manifest(out)} == {"s"}
+
+
+# 7. slide names in other scripts gave matplotlib missing-glyph warnings in the QC titles
+def test_7_cjk_slide_name_qc_without_glyph_warnings(tmp_path: Path) -> None:
+    name = "前立腺スライド"
+    s = write_slide(tmp_path / f"{name}.tiff", 512, 512, [(0, 0, 512, 512)], levels=1)
+    out = tmp_path / "o"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        extract(s, out, patch_size=128, workers=1, progress=False)
+    assert (out / f"{name}.qc.png").is_file()
+    assert {r["slide"] for r in read_manifest(out)} == {name}
+    title = drawable_text(f"{name}: 16 patches")
+    assert title.endswith(": 16 patches") and title.isascii() is (not _font_has(name[0]))
+
+
+def _font_has(ch: str) -> bool:
+    from matplotlib import font_manager, ft2font, rcParams
+
+    path = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    return ord(ch) in ft2font.FT2Font(path).get_charmap()
+
+
+def test_slide_error_names_file(tmp_path: Path) -> None:
+    with pytest.raises(SlideError, match="nope.tiff: no such file"):
+        extract(tmp_path / "nope.tiff", tmp_path / "o", progress=False)
