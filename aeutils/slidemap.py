@@ -539,7 +539,8 @@ class SlideMap:
     """What :func:`encode_slide` did. Paths; ``mpp`` of the input scale (um/px, None if unknown; the
     map's is 4x); ``shape`` of the map (h, w latent px); ``tiles`` cores with tissue,
     ``encoded`` of them encoded by this call (the rest resumed); ``megapixels`` input Mpx encoded by
-    this call; ``seconds`` of encoding; ``stats`` over the tissue; ``up_to_date`` if nothing was done."""
+    this call; ``seconds`` of encoding; ``stats`` over the tissue; ``up_to_date`` if nothing was done;
+    ``speed`` the :mod:`aeutils.speed` choice the tiles ran under (its :meth:`~aeutils.speed.Choice.describe`)."""
 
     encoding: Path
     reconstruction: Path | None
@@ -551,6 +552,7 @@ class SlideMap:
     seconds: float
     stats: MapStats | None = None
     up_to_date: bool = False
+    speed: str = ""
 
     @property
     def mpx_per_s(self) -> float:
@@ -675,11 +677,13 @@ def encode_slide(
         mpx = sum((grid.core_box(*t)[2] - grid.core_box(*t)[0]) * (grid.core_box(*t)[3] - grid.core_box(*t)[1])
                   for t in todo) / 1e6
         t0 = time.perf_counter()
+        speed_used = ""
         if todo:
             from tqdm.auto import tqdm
 
             encoder = TileEncoder(ae, grid, reconstruction=reconstruction, precision=precision,
                                   expected_tiles=len(todo), batch_size=batch_size)
+            speed_used = encoder.choice.describe()
             bar = tqdm(total=round(mpx, 3), desc=s.name, unit="Mpx", disable=not progress, dynamic_ncols=True,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} Mpx "
                                   "[{elapsed}<{remaining}, {rate_fmt}]")
@@ -726,7 +730,8 @@ def encode_slide(
                       {t: (lambda t=t: store.load("r", *t)) for t in tiles}, 255, choice.mpp, description, "jpeg")
     if not keep_work:
         store.remove()
-    return SlideMap(enc_path, rec_path, choice.mpp, grid.latent_shape, len(tiles), len(todo), mpx, seconds, stats)
+    return SlideMap(enc_path, rec_path, choice.mpp, grid.latent_shape, len(tiles), len(todo), mpx, seconds, stats,
+                    speed=speed_used)
 
 
 def _latent_mask(tissue: Any, grid: TileGrid, ty: int, tx: int, ds: float) -> np.ndarray:
