@@ -472,7 +472,10 @@ def write_pyramid(
     image edge), missing cells are ``background``. Levels by :func:`pyramid_factors` (block means),
     TIFF tiles of :data:`TIFF_TILE` px; each tile is produced when written, so memory holds one cell.
     Resolution tags: ``mpp * factor`` um/px per level (none if ``mpp`` is None). Atomic."""
-    import tifffile
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover - tifffile is a dependency of the encode command
+        raise AeutilsError("writing encoding maps needs the tifffile package (pip install tifffile)") from None
 
     factors = pyramid_factors(width, height, cell)
     extra = (channels,) if channels > 1 else ()
@@ -686,7 +689,7 @@ def encode_slide(
             speed_used = encoder.choice.describe()
             bar = tqdm(total=round(mpx, 3), desc=s.name, unit="Mpx", disable=not progress, dynamic_ncols=True,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} Mpx "
-                                  "[{elapsed}<{remaining}, {rate_fmt}]")
+                                  "[{elapsed}<{remaining}, {rate_noinv_fmt}]")
             try:
                 for ty, tx, z, r in encoder.run(_read_jobs(source, grid, todo, run)):
                     m = _latent_mask(tissue, grid, ty, tx, ds)
@@ -819,8 +822,13 @@ def run_cli(args: argparse.Namespace) -> int:
     check_assume_mpp(args.assume_mpp)
     model = _model_for(args.checkpoint, args.device)  # once, and a bad checkpoint fails before any slide
     failed = 0
+    seen: dict[str, str] = {}
     for i, path in enumerate(args.slides):
         try:
+            stem = Path(path).stem
+            if stem in seen:
+                raise SlideError(f"{path}: same name as {seen[stem]} (maps are named by slide stem)")
+            seen[stem] = str(path)
             res = encode_slide(
                 path, args.out, model=model, **scale_kwargs(args), view=args.view, low=args.percentiles[0],
                 high=args.percentiles[1], reconstruction=args.reconstruction, core=args.tile,

@@ -286,3 +286,14 @@ def test_100k_slide_stays_under_2_gb(tmp_path: Path) -> None:
         glass = e.read_region(2_000, 2_000, 0, (64, 64))[..., 0]
     assert tissue.mean() > 5 and glass.max() == 0
     assert json.loads(openslide.OpenSlide(str(tmp_path / "maps" / "huge.encoding.tiff")).properties["openslide.comment"])["mpp"] == 0.5
+
+
+def test_cli_progress_in_mpx_per_s_and_duplicate_names(tmp_path: Path, syn: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ck = tmp_path / "small.pt"
+    save_checkpoint(ck, small_model())
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "syn.tiff").write_bytes(syn.read_bytes())
+    code, err = _cli(capsys, syn, twin / "syn.tiff", "--out", tmp_path / "maps", "--checkpoint", ck, "--tile", "512")
+    assert code == 2 and "Mpx/s" in err and f"error: {twin / 'syn.tiff'}: same name as {syn}" in err
+    assert (tmp_path / "maps" / "syn.encoding.tiff").is_file()
