@@ -239,3 +239,37 @@ def test_verdict_is_computed_from_the_numbers():
     assert "best trained variant by auc: trained" in bad
     with pytest.raises(ValueError, match="no loss 'nope'"):
         _result(3, 3).verdict("nope")
+
+
+def test_speed_choices_agree_and_keep_gradients(model, pair, monkeypatch):
+    from aeutils import speed
+
+    monkeypatch.delenv(speed.ENV, raising=False)
+    speed.clear_cache()
+    pred, target = pair
+    ref = EncodingLoss(model=model, speed="fp32")
+    p0 = pred.clone().requires_grad_(True)
+    value0 = ref(p0, target)
+    value0.backward()
+    for name in speed.CANDIDATES[1:]:
+        loss = EncodingLoss(model=model, speed=name)
+        p = pred.clone().requires_grad_(True)
+        value = loss(p, target)
+        value.backward()
+        assert value.dtype == torch.float32
+        tol = 0.05 if speed.Choice(name).amp else 1e-4  # bf16 features: about 3 significant digits
+        assert value.item() == pytest.approx(value0.item(), rel=tol), name
+        assert torch.nn.functional.cosine_similarity(p.grad.flatten(), p0.grad.flatten(), dim=0) > 0.9, name
+        assert loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="speed"):
+        EncodingLoss(model=model, speed="fp16")
+    # auto: fp32 until a probe pays; a forced probe times this loss's own call (with backward) once
+    auto = EncodingLoss(model=model)
+    assert auto.speed_choice(pred).source == "not yet paid"
+    monkeypatch.setenv(speed.ENV, "probe")
+    p = pred.clone().requires_grad_(True)
+    chosen = auto.speed_choice(p)
+    assert chosen.source == "probe" and chosen.what == "inference+backward" and set(chosen.rates) == set(speed.CANDIDATES)
+    assert auto.speed_choice(p) is chosen  # cached for this shape
+    assert auto(p, target).item() == pytest.approx(value0.item(), rel=0.05)
+    speed.clear_cache()

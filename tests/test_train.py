@@ -248,3 +248,37 @@ def test_shipped_model_loads_offline_in_eval_mode(monkeypatch: pytest.MonkeyPatc
     with torch.no_grad():
         z = model.encode(torch.rand(1, 3, 181, 181))
     assert z.shape == (1, 1, 46, 46)
+
+
+def test_speed_choice_is_logged_stored_and_reused_on_resume(
+    patch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aeutils import speed
+
+    run = tmp_path / "speed"
+    short = train(patch_dir, tmp_path / "short", epochs=1, **FAST)  # a few steps: the probe cannot pay
+    assert load_checkpoint(short.last).meta["train_args"]["speed"]["source"] == "short run"
+    assert short.final["speed"] == "fp32"
+    capsys.readouterr()
+    monkeypatch.setenv(speed.ENV, "probe")  # probe although this run is far too short to pay for it
+    first = train(patch_dir, run, epochs=2, max_steps=short.global_step, **FAST)
+    assert first.epochs_done == 1
+    stored = load_checkpoint(first.last).meta["train_args"]["speed"]
+    assert stored["source"] == "probe" and set(stored["rates"]) == set(speed.CANDIDATES)
+    assert stored["name"] == speed.decide(stored["rates"])
+    out = capsys.readouterr().out
+    assert out.count("aeutils speed (training):") == 1 and f"{stored['name']} [probe]" in out
+
+    def no_probe(*a, **k):
+        raise AssertionError("--resume must not probe again")
+
+    monkeypatch.setattr(speed, "measure", no_probe)
+    resumed = train(patch_dir, run, epochs=2, resume=True, **FAST)
+    again = load_checkpoint(resumed.last).meta["train_args"]["speed"]
+    assert (again["name"], again["source"], again["rates"]) == (stored["name"], "resumed", stored["rates"])
+    with open(run / "log.csv") as f:
+        assert [r["speed"] for r in csv.DictReader(f)] == [stored["name"]] * 2
+    # an option forced against the stored choice wins (and, with one candidate left, needs no probe)
+    flip = not speed.Choice(stored["name"]).amp
+    forced = train(patch_dir, run, epochs=3, resume=True, amp=flip, channels_last=False, **FAST)
+    assert forced.final["speed"] == ("bf16" if flip else "fp32")

@@ -351,3 +351,26 @@ def test_explorer_reuses_an_encoded_batch(tiny_model: Autoencoder, patches: "tor
     before = bytes(ex.image.value)
     ex.index.value = 1
     assert bytes(ex.image.value) != before
+
+
+def test_encode_batch_speed_choices(tiny_model: Autoencoder, patches: "torch.Tensor", monkeypatch: pytest.MonkeyPatch) -> None:
+    from aeutils import speed
+
+    monkeypatch.delenv(speed.ENV, raising=False)
+    speed.clear_cache()
+    ref = viz.encode_batch(tiny_model, patches, batch_size=2, speed="fp32")
+    for name in speed.CANDIDATES[1:]:
+        e = viz.encode_batch(tiny_model, patches, batch_size=2, speed=name)
+        assert e.outputs.dtype == torch.float32 and e.outputs.is_contiguous() and e.outputs.shape == ref.outputs.shape
+        tol = 0.05 if speed.Choice(name).amp else 1e-5
+        assert (e.outputs - ref.outputs).abs().max() < tol and (e.latent - ref.latent).abs().max() < 10 * tol, name
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in tiny_model.parameters())  # model untouched
+    with pytest.raises(ValueError, match="speed"):
+        viz.encode_batch(tiny_model, patches, speed="fast")
+    # auto with a forced probe: measured once for the chunk shape, then reused, same results within bf16
+    monkeypatch.setenv(speed.ENV, "probe")
+    e = viz.encode_batch(tiny_model, patches, batch_size=2)
+    assert (e.outputs - ref.outputs).abs().max() < 0.05
+    chosen = speed.inference_choice(tiny_model, (2, 3, 181, 181), verbose=False)
+    assert chosen.source == "probe" and set(chosen.rates) == set(speed.CANDIDATES)
+    speed.clear_cache()
