@@ -8,7 +8,7 @@ Output tree (ImageFolder-compatible)::
     OUT/manifest.shard-K-of-N.csv                         # instead of manifest.csv with --shard K/N
 
 Scale (:mod:`aeutils.scale`): ``level`` (default 0) is read as is; ``mpp`` picks the level within 10 %
-of it, or else downsamples the next finer level (Lanczos, antialiased; never upsampling a coarser one).
+of it, or else downsamples the next finer level (area filter, antialiased; never upsampling a coarser one).
 At factor 1 each patch is exactly ``OpenSlide.read_region((x, y), level, (size, size)).convert("RGB")``.
 To avoid decoding shared tiles once per patch, neighbouring cells are read as one strip and sliced
 (pixel-identical at level 0 and at levels with an integer downsample; other levels are read per
@@ -647,7 +647,9 @@ def _row(plan: SlidePlan, c: GridCell, nbytes: int | None = None) -> dict[str, s
 
 # What a slide's earlier rows say about the grid, compared with this run's plan (option, column, value).
 def _settings_diff(old: list[dict[str, str]], plan: SlidePlan) -> list[str]:
-    new = _row(plan, plan.cells[0]) if plan.cells else {}
+    if not old or not plan.cells:
+        return []
+    new = _row(plan, plan.cells[0])
     diffs = []
     for opt, col in (("--patch-size", "size"), ("--stride", "stride"), ("--level", "level"),
                      ("resample factor", "resample"), ("mpp", "mpp"), ("mpp source", "mpp_source")):

@@ -92,9 +92,10 @@ def test_cli_helper_parses_the_shared_options() -> None:
         p.parse_args(["--mpp", "0.5", "--level", "1"])
 
 
-def test_read_scaled_region_vs_truth(tcga: Path, truth: np.ndarray) -> None:
+@pytest.mark.parametrize("flt", ["area", "lanczos"])
+def test_read_scaled_region_vs_truth(tcga: Path, truth: np.ndarray, flt: str) -> None:
     with open_slide(tcga) as s:
-        c = resolve_scale(s, mpp=0.5)
+        c = resolve_scale(s, mpp=0.5, filter=flt)
         assert c.output_dimensions == (TRUTH_W, TRUTH_H)
         got = read_scaled(s, c, 100, 50, 300, 200)
         assert got.shape == (200, 300, 3)
