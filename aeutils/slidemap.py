@@ -765,7 +765,14 @@ def map_figure(slide: str | os.PathLike[str], encoding: str | os.PathLike[str], 
     fig = Figure(figsize=(12, 6.6), dpi=100)
     axes = fig.subplots(1, 2, gridspec_kw={"left": 0.01, "right": 0.99, "bottom": 0.01, "top": 0.86, "wspace": 0.04})
     axes[0].imshow(thumb)
-    axes[0].set_title(f"{name}\n{dims[0]} x {dims[1]} px" + (f", {smpp:.3g} \u00b5m/px" if smpp else ""), fontsize=10)
+    used = info.get("mpp")  # the input scale the map was made at (an assumed one when the tag is wrong)
+    if used and info.get("mpp_source") == "assumed":
+        scale = f", read at {used:.4g} \u00b5m/px (assumed; the file claims {smpp:.4g})" if smpp else f", {used:.4g} \u00b5m/px (assumed)"
+    elif used:
+        scale = f", read at {used:.4g} \u00b5m/px"
+    else:
+        scale = f", {smpp:.4g} \u00b5m/px" if smpp else ""
+    axes[0].set_title(f"{name}\n{dims[0]} x {dims[1]} px{scale}", fontsize=10)
     axes[1].imshow(emap[..., 0], cmap="gray", vmin=0, vmax=255)
     view = info.get("view", "?")
     label = f"{view} {info.get('low', 2):g}-{info.get('high', 98):g} %" if view == "stretch" else view
