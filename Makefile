@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
-# The main job: the numbered notebooks, in order, headless, on the bundled sample slide; executed copies
+# The main job: the numbered notebooks, in order, headless, on the bundled slides (notebook 01 extracts both); executed copies
 # land in $(WORK)/notebooks/, data and figures in $(WORK)/ and readme_images/.
 demo: $(STAMP)
 	mkdir -p $(WORK)/notebooks
@@ -25,7 +25,7 @@ demo: $(STAMP)
 			--ExecutePreprocessor.timeout=-1 --output-dir $(abspath $(WORK))/notebooks $$nb || exit 1; \
 	done
 	$(BIN)/python -m aeutils figures --out readme_images
-	@echo "demo done: executed notebooks in $(WORK)/notebooks/; patches, training run and SR demo in $(WORK)/full/; figures in readme_images/"
+	@echo "demo done: executed notebooks in $(WORK)/notebooks/; patches of both bundled slides (patches/, patches_prostate/ with --assume-mpp 0.5, QC figures beside their manifests), training run and SR demo in $(WORK)/full/; figures in readme_images/"
 
 # Unit tests, every notebook under nbval (small sizes: CI=true shrinks them), and the bench smoke runs.
 test: export CI ?= true

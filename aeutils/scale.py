@@ -99,7 +99,7 @@ class ScaleChoice:
                    else f"claims {self.claimed_mpp:g} um/px (implausible)")
             return (f"{self.slide}: level {self.level} pixels, scale unknown (the file {why}; "
                     f"no mpp in the manifest; --assume-mpp X sets it)")
-        src = "from the slide" if self.mpp_source == "slide" else "assumed (--assume-mpp)"
+        src = "from the slide" if self.mpp_source == "slide" else "assumed with --assume-mpp"
         lvl_mpp = self.mpp / self.factor
         if self.resampled:
             return (f"{self.slide}: read level {self.level} ({lvl_mpp:.4g} um/px) and downsampled "
