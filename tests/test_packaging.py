@@ -80,7 +80,7 @@ def test_import_aeutils_does_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["extract", "--help"], ["train", "--help"], ["figures", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["extract", "--help"], ["train", "--help"], ["figures", "--help"], ["manifest", "--help"]])
 def test_cli_help(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", "aeutils", *args], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
