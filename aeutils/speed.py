@@ -11,8 +11,9 @@ channels_last 0.74x. So on the CPU nothing is assumed: a few steps of each candi
 
 are timed on the caller's own model and input shape, interleaved (A B C D, D C B A, ...) so other load
 hits every candidate alike, and the fastest one wins if it beats the baseline by :data:`MARGIN`;
-one line with the rates and the choice is printed. A candidate whose first (untimed) call is more than
-:data:`SLOW_FACTOR` x slower than the baseline's is dropped at once (emulated bf16 costs little to probe).
+one line with the rates and the choice is printed. First every candidate runs once on a one-image
+slice (twice); one more than :data:`SLOW_FACTOR` x slower than the baseline there is dropped (so an
+emulated bf16, 20x slower on an AVX2-only CPU, costs a few batch-1 steps to rule out).
 
 Two entry points:
 
@@ -54,6 +55,8 @@ PAYS = 20
 MARGIN = 1.05
 #: a candidate whose warm-up call is this many times slower than the baseline's is dropped
 SLOW_FACTOR = 3.0
+#: ... and takes at least this long (seconds; below it timing noise rules and a full probe is cheap anyway)
+SLOW_SECONDS = 0.1
 #: untimed warm-up calls and timed calls per candidate
 WARMUP, REPEATS = 1, 2
 
@@ -179,25 +182,43 @@ def _sync(device: torch.device) -> None:
 def measure(
     arms: Mapping[str, Callable[[], Any]], images: int, device: torch.device | str = "cpu", *,
     warmup: int = WARMUP, repeats: int = REPEATS, slow_factor: float = SLOW_FACTOR,
+    screen: Mapping[str, Callable[[], Any]] | None = None, slow_seconds: float = SLOW_SECONDS,
 ) -> tuple[dict[str, float], float]:
     """Interleaved timing of ``arms`` (each one call = ``images`` images): ``warmup`` untimed rounds,
-    then ``repeats`` timed ones, in alternating order. An arm whose first warm-up call took more than
-    ``slow_factor`` x the first arm's is not run again (its rate is that call's). Returns (median
-    images/s per arm, wall seconds of the whole measurement)."""
+    then ``repeats`` timed ones, in alternating order. An arm whose first call took more than
+    ``slow_factor`` x the first arm's (and more than ``slow_seconds``) is not run again (its rate is
+    that call's). ``screen``: the same
+    arms on a smaller input, run twice each first: an arm whose faster call is more than
+    ``slow_factor`` x the first arm's is dropped before any full-size call (rate 0). Returns (median images/s per arm,
+    wall seconds of the whole measurement)."""
     device = torch.device(device)
     names = list(arms)
     start = time.perf_counter()
     first: dict[str, float] = {}
+    if screen is not None:
+        cost: dict[str, float] = {}
+        for r in range(2):  # twice, in alternating order: the first call of each pays one-time costs
+            for name in names if r == 0 else names[::-1]:
+                _sync(device)
+                t0 = time.perf_counter()
+                screen[name]()
+                _sync(device)
+                cost[name] = min(cost.get(name, float("inf")), time.perf_counter() - t0)
+        out = [n for n in names[1:] if cost[n] > max(slow_factor * cost[names[0]], slow_seconds)]
+        if out:
+            kept, _ = measure({n: arms[n] for n in names if n not in out}, images, device,
+                              warmup=warmup, repeats=repeats, slow_factor=slow_factor, slow_seconds=slow_seconds)
+            return {n: kept.get(n, 0.0) for n in names}, time.perf_counter() - start
     for i in range(max(1, warmup)):
         for name in names if i % 2 == 0 else names[::-1]:
-            if name in first and first[name] > slow_factor * first[names[0]]:
+            if name in first and first[name] > max(slow_factor * first[names[0]], slow_seconds):
                 continue
             _sync(device)
             t0 = time.perf_counter()
             arms[name]()
             _sync(device)
             first.setdefault(name, time.perf_counter() - t0)
-    dropped = {n for n in names[1:] if first[n] > slow_factor * first[names[0]]}
+    dropped = {n for n in names[1:] if first[n] > max(slow_factor * first[names[0]], slow_seconds)}
     timed: dict[str, list[float]] = {n: [] for n in names}
     live = [n for n in names if n not in dropped]
     for r in range(repeats):
@@ -279,7 +300,9 @@ def training_choice(
             if probe_steps * t > run / PAYS:
                 return _announce(Choice(names[0], "short run"), verbose)
     steps = {n: make_step(Choice(n)) for n in names}
-    rates, seconds = measure({n: (lambda s=s: s(x)) for n, s in steps.items()}, int(batch_shape[0]), device)
+    x1 = x[:1]
+    rates, seconds = measure({n: (lambda s=s: s(x)) for n, s in steps.items()}, int(batch_shape[0]), device,
+                             screen={n: (lambda s=s: s(x1)) for n, s in steps.items()})
     return _announce(Choice(decide(rates), "probe", rates, seconds), verbose)
 
 
@@ -312,16 +335,16 @@ def inference_choice(
     *,
     expected_batches: int = 1,
     backward: bool = False,
-    run: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    run: Callable[[torch.Tensor, Choice], torch.Tensor] | None = None,
     force: str | None = None,
     verbose: bool = True,
 ) -> Choice:
     """How to run ``model`` forward (eval mode) on batches of ``example_shape`` (N, C, H, W) on ``device``
     (default: the model's), for a caller about to run ``expected_batches`` such batches.
 
-    ``run(x)`` is the computation to time (default ``model(x)``); ``backward=True`` times
-    ``run(x)`` plus a backward pass to ``x`` (a loss whose input needs gradients) instead of a
-    no-grad forward. The answer is cached per process for (architecture, shape, device, backward).
+    ``run(x, choice)`` is the computation to time, run under ``choice`` (default
+    ``forward(model, x, choice)``); ``backward=True`` times it plus a backward pass to ``x`` (a loss
+    whose input needs gradients) instead of an inference-mode forward. The answer is cached per process for (architecture, shape, device, backward).
     Until a probe has run, each call adds ``expected_batches`` to the key's count; once the count
     reaches :data:`PAYS` x the probe's batches, the probe runs (CPU and CUDA; other devices: fp32).
     Before that, and on other devices, the answer is fp32 (source "not yet paid" / "device default").
@@ -342,24 +365,25 @@ def inference_choice(
     probe_batches = len(CANDIDATES) * (WARMUP + REPEATS)
     if force != "probe" and entry.batches < PAYS * probe_batches:
         return Choice("fp32", "not yet paid", what=what)
-    fn = run or model
+    fn = run or (lambda x, c: forward(model, x, c))
     gen = torch.Generator().manual_seed(12345)
     x0 = torch.rand(tuple(int(s) for s in example_shape), generator=gen).to(dev)
 
-    def arm(choice: Choice) -> Callable[[], Any]:
+    def arm(choice: Choice, x_in: torch.Tensor) -> Callable[[], Any]:
         def call() -> Any:
             if backward:
-                x = x0.clone().requires_grad_(True)
-                forward(fn, x, choice).sum().backward()
+                x = x_in.clone().requires_grad_(True)
+                fn(x, choice).float().sum().backward()
                 return x.grad
             with torch.inference_mode():
-                return forward(fn, x0, choice)
+                return fn(x_in, choice)
         return call
 
     was_training = model.training
     model.eval()
     try:
-        rates, seconds = measure({n: arm(Choice(n)) for n in CANDIDATES}, int(example_shape[0]), dev)
+        rates, seconds = measure({n: arm(Choice(n), x0) for n in CANDIDATES}, int(example_shape[0]), dev,
+                                 screen={n: arm(Choice(n), x0[:1]) for n in CANDIDATES})
     finally:
         model.train(was_training)
     entry.choice = _announce(Choice(decide(rates), "probe", rates, seconds, what=what), verbose)

@@ -56,6 +56,11 @@ def test_measure_interleaves_and_drops_a_hopeless_arm() -> None:
     assert calls[:3] == ["base", "slow", "same"] and calls[3:] == ["base", "same", "same", "base"]
     assert rates["slow"] < 4 / 0.2 and rates["base"] > rates["slow"] and seconds >= 0.25
     assert speed.decide(rates) in ("base", "same")
+    # with a one-image screen first, a hopeless arm never runs at full size
+    calls.clear()
+    rates, _ = speed.measure({"base": arm("base", 0.01), "slow": arm("slow", 0.25)}, images=4,
+                             screen={"base": arm("base:1", 0.005), "slow": arm("slow:1", 0.2)})
+    assert "slow" not in calls and calls.count("slow:1") == 2 and rates["slow"] == 0.0 and rates["base"] > 0
 
 
 def test_forced_env_and_short_runs_do_not_probe(monkeypatch: pytest.MonkeyPatch) -> None:
