@@ -737,6 +737,21 @@ def _check_out(out: Path) -> None:
         raise PatchError(f"{out}: the output folder is not writable ({exc.strerror or exc})") from None
 
 
+def _fold_shard_manifests(out: Path, covered: set[str]) -> None:
+    """Remove ``manifest.shard-K-of-N.csv`` files all of whose slides this (unsharded) run has redone:
+    manifest.csv now holds them (rerunning without --shard is one way to combine shards)."""
+    from aeutils.manifest import _SHARD_RE
+
+    for p in out.iterdir():
+        if _SHARD_RE.match(p.name):
+            try:
+                slides = {r["slide"] for r in read_raw_manifest(p)}
+            except PatchError:
+                continue
+            if slides <= covered:
+                p.unlink(missing_ok=True)
+
+
 def _print(msg: str) -> None:
     """Default ``log``: warnings to stderr, the rest (per-slide summaries) to stdout."""
     print(msg, file=sys.stderr if msg.startswith("warning:") else sys.stdout, flush=True)
@@ -769,7 +784,8 @@ def extract(
     the patches / of the slides' level 0); ``keep`` = ``"tumour"`` or ``"normal"`` (needs
     ``annotations``); ``max_patches``: a seeded (``seed``) uniform sample per slide; ``shard`` =
     ``"K/N"``: only the slides of shard K (by a stable hash of the name), manifest in
-    ``manifest.shard-K-of-N.csv`` (merge with :func:`aeutils.manifest.merge_manifests`);
+    ``manifest.shard-K-of-N.csv`` (merge with :func:`aeutils.manifest.merge_manifests`, or rerun
+    without ``shard``: finished patches are kept and the shard files folded into ``manifest.csv``);
     ``overwrite``: replace a slide's earlier patches made with other settings (otherwise refused);
     ``workers`` processes (default: every core).
 
@@ -931,8 +947,8 @@ def extract(
                 say(f"{name}: --overwrite: removed {len(earlier)} patches of an earlier run with other settings")
                 old_by_slide.pop(name, None)
                 on_disk.pop(name, None)
-            for rel in wanted:
-                for t in tmps.get(rel.rpartition("/")[2], ()):
+            for target in [*(rel.rpartition("/")[2] for rel in wanted), f"{name}.qc.png"]:
+                for t in tmps.get(target, ()):  # this slide's leftovers of an interrupted run
                     t.unlink(missing_ok=True)
             old_bytes = {r["path"]: int(r["bytes"]) if r.get("bytes") else None for r in old_by_slide.get(name, ())}
             present = on_disk.get(name, set())
@@ -1000,6 +1016,8 @@ def extract(
                 if name in qc_new and not old_by_slide.get(name):
                     qc_new[name].unlink(missing_ok=True)
         manifest = write_manifest(manifest, rows_now())
+        if completed and shard_kn is None:
+            _fold_shard_manifests(out, {pl.name for pl in plans} - failed)
     if errors and on_error is None:
         raise errors[0]
     return manifest
@@ -1028,7 +1046,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", default=None, metavar="K/N",
                         help="only the slides of shard K of N (split by name; e.g. --shard $SLURM_ARRAY_TASK_ID/N "
                              "with --array=1-N); writes manifest.shard-K-of-N.csv: combine with "
-                             "'python -m aeutils manifest merge OUT'")
+                             "'python -m aeutils manifest merge OUT', or rerun without --shard")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a slide's patches made here earlier with other settings (default: refuse)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: every core)")
