@@ -914,7 +914,7 @@ def extract(
         scale = pl.scale.describe().removeprefix(f"{pl.scale.slide}: ") if pl.scale else ""
         return f"{pl.name}: {n} patches ({n - k} new, {k} kept{sel}); {scale}"
 
-    bar = tqdm(total=0, desc="patches", unit="patch", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=0, desc="patches", unit="patches", disable=not progress, dynamic_ncols=True, file=sys.stderr)
     completed = False
     try:
         # Plan each slide, queue its blocks on the pool, then draw its QC figure while the pool works.
