@@ -342,13 +342,15 @@ class Trainer:
     ) -> None:
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         on = self.device.type == "cuda"
+        explicit = channels_last is not None or amp is not None
         if speed is not None:
             channels_last = speed.channels_last if channels_last is None else channels_last
             amp = speed.amp if amp is None else amp
         self.channels_last = channels_last = on if channels_last is None else bool(channels_last)
         self.amp = on if amp is None else bool(amp)
-        self.speed = speed if speed is not None else Choice(
-            candidate_name(self.channels_last, self.amp), "forced" if self.device.type == "cpu" else "device default")
+        actual = candidate_name(self.channels_last, self.amp)
+        self.speed = speed if speed is not None and speed.name == actual else Choice(
+            actual, "forced" if explicit else "device default")
         self.amp_dtype = amp_dtype or amp_dtype_for(self.device)
         model.to(self.device)
         if channels_last:
