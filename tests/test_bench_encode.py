@@ -25,5 +25,6 @@ def test_bench_encode_smoke(tmp_path: Path, capsys) -> None:
     assert abs(res.ratio - res.naive_s / res.ours_s) < 1e-9
     assert abs(res.ratio_tissue - res.naive_tissue_s / res.ours_s) < 1e-9
     assert abs(res.ours_mpx_s - 1100 * 900 / 1e6 / res.ours_s) < 1e-9
+    assert res.ours_cpu_s > 0 and abs(res.cpu_ratio - res.naive_cpu_s / res.ours_cpu_s) < 1e-9 and res.repeats == 1
     assert (tmp_path / "out" / "encode_smoke" / "bench.encoding.tiff").is_file()
     assert f"speed-up: {res.ratio:.2f}x" in printed and "CPU:" in printed
