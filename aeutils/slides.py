@@ -99,7 +99,9 @@ class Slide:
         """The pyramid level whose resolution is nearest ``mpp`` (microns/pixel).
 
         Raises :class:`SlideError` if the slide's mpp is unknown, or no level is within ``tolerance``
-        (relative) of the target (patches are never resampled: they are exactly what OpenSlide reads).
+        (relative) of the target. A lookup of levels only: extraction chooses its scale with
+        :func:`aeutils.scale.resolve_scale`, which downsamples the next finer level when no level is
+        near the target and handles missing or implausible tags (``--assume-mpp``).
         """
         if not mpp > 0:
             raise SlideError(f"{self.path}: target mpp must be > 0, got {mpp}")
