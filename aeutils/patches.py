@@ -947,9 +947,11 @@ def extract(
                 say(f"{name}: --overwrite: removed {len(earlier)} patches of an earlier run with other settings")
                 old_by_slide.pop(name, None)
                 on_disk.pop(name, None)
-            for target in [*(rel.rpartition("/")[2] for rel in wanted), f"{name}.qc.png"]:
-                for t in tmps.get(target, ()):  # this slide's leftovers of an interrupted run
-                    t.unlink(missing_ok=True)
+            for target, files in tmps.items():  # this slide's leftovers of an interrupted run
+                m = _PNG_RE.match(target)
+                if (m and m.group(1) == name) or target == f"{name}.qc.png":
+                    for t in files:
+                        t.unlink(missing_ok=True)
             old_bytes = {r["path"]: int(r["bytes"]) if r.get("bytes") else None for r in old_by_slide.get(name, ())}
             present = on_disk.get(name, set())
             finished: dict[str, int | None] = {}
