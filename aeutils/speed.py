@@ -12,8 +12,8 @@ channels_last 0.74x. So on the CPU nothing is assumed: a few steps of each candi
 are timed on the caller's own model and input shape, interleaved (A B C D, D C B A, ...) so other load
 hits every candidate alike, and the fastest one wins if it beats the baseline by :data:`MARGIN`;
 one line with the rates and the choice is printed. First every candidate runs once on a one-image
-slice (twice); one more than :data:`SLOW_FACTOR` x slower than the baseline there is dropped (so an
-emulated bf16, 20x slower on an AVX2-only CPU, costs a few batch-1 steps to rule out).
+slice; one still more than :data:`SCREEN_FACTOR` x slower than the baseline there after a few calls
+is dropped (so an emulated bf16, 20x slower on an AVX2-only CPU, costs a few batch-1 steps to rule out).
 
 Two entry points:
 
@@ -53,10 +53,12 @@ ENV = "MSCOPY_CPU_SPEED"
 PAYS = 20
 #: a candidate replaces the baseline only if at least this much faster (noise margin)
 MARGIN = 1.05
-#: a candidate whose warm-up call is this many times slower than the baseline's is dropped
-SLOW_FACTOR = 3.0
-#: ... and takes at least this long (seconds; below it timing noise rules and a full probe is cheap anyway)
+#: a screened candidate is dropped only if its call also takes this long (seconds; below it timing noise
+#: rules, and a full probe is cheap anyway)
 SLOW_SECONDS = 0.1
+#: the one-image screen drops a candidate still this many times slower than the baseline after up to
+#: SCREEN_ROUNDS calls each (only the suspects are called again)
+SCREEN_FACTOR, SCREEN_ROUNDS = 5.0, 3
 #: untimed warm-up calls and timed calls per candidate
 WARMUP, REPEATS = 1, 2
 
@@ -181,54 +183,46 @@ def _sync(device: torch.device) -> None:
 
 def measure(
     arms: Mapping[str, Callable[[], Any]], images: int, device: torch.device | str = "cpu", *,
-    warmup: int = WARMUP, repeats: int = REPEATS, slow_factor: float = SLOW_FACTOR,
-    screen: Mapping[str, Callable[[], Any]] | None = None, slow_seconds: float = SLOW_SECONDS,
+    warmup: int = WARMUP, repeats: int = REPEATS, screen: Mapping[str, Callable[[], Any]] | None = None,
+    slow_seconds: float = SLOW_SECONDS,
 ) -> tuple[dict[str, float], float]:
     """Interleaved timing of ``arms`` (each one call = ``images`` images): ``warmup`` untimed rounds,
-    then ``repeats`` timed ones, in alternating order. An arm whose first call took more than
-    ``slow_factor`` x the first arm's (and more than ``slow_seconds``) is not run again (its rate is
-    that call's). ``screen``: the same
-    arms on a smaller input, run twice each first: an arm whose faster call is more than
-    ``slow_factor`` x the first arm's is dropped before any full-size call (rate 0). Returns (median images/s per arm,
-    wall seconds of the whole measurement)."""
+    then ``repeats`` timed ones, in alternating order (A B C, C B A, ...).
+
+    ``screen``: the same arms on a smaller input, run first: an arm whose fastest of up to
+    :data:`SCREEN_ROUNDS` calls there is more than :data:`SCREEN_FACTOR` x the first arm's (and more
+    than ``slow_seconds``) is dropped before any full-size call (rate 0). First calls pay one-time
+    costs (oneDNN builds its kernels per shape and layout), so only the suspects are called again.
+    Returns (median images/s per arm, wall seconds of the whole measurement)."""
     device = torch.device(device)
     names = list(arms)
     start = time.perf_counter()
-    first: dict[str, float] = {}
+
+    def timed(fn: Callable[[], Any]) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    out: list[str] = []
     if screen is not None:
         cost: dict[str, float] = {}
-        for r in range(2):  # twice, in alternating order: the first call of each pays one-time costs
-            for name in names if r == 0 else names[::-1]:
-                _sync(device)
-                t0 = time.perf_counter()
-                screen[name]()
-                _sync(device)
-                cost[name] = min(cost.get(name, float("inf")), time.perf_counter() - t0)
-        out = [n for n in names[1:] if cost[n] > max(slow_factor * cost[names[0]], slow_seconds)]
-        if out:
-            kept, _ = measure({n: arms[n] for n in names if n not in out}, images, device,
-                              warmup=warmup, repeats=repeats, slow_factor=slow_factor, slow_seconds=slow_seconds)
-            return {n: kept.get(n, 0.0) for n in names}, time.perf_counter() - start
-    for i in range(max(1, warmup)):
-        for name in names if i % 2 == 0 else names[::-1]:
-            if name in first and first[name] > max(slow_factor * first[names[0]], slow_seconds):
-                continue
-            _sync(device)
-            t0 = time.perf_counter()
+        for r in range(SCREEN_ROUNDS):
+            for name in names if r == 0 else [names[0], *out]:
+                cost[name] = min(cost.get(name, float("inf")), timed(screen[name]))
+            out = [n for n in names[1:] if cost[n] > max(SCREEN_FACTOR * cost[names[0]], slow_seconds)]
+            if not out:
+                break
+    live = [n for n in names if n not in out]
+    for i in range(warmup):
+        for name in live if i % 2 == 0 else live[::-1]:
             arms[name]()
-            _sync(device)
-            first.setdefault(name, time.perf_counter() - t0)
-    dropped = {n for n in names[1:] if first[n] > max(slow_factor * first[names[0]], slow_seconds)}
-    timed: dict[str, list[float]] = {n: [] for n in names}
-    live = [n for n in names if n not in dropped]
-    for r in range(repeats):
+    times: dict[str, list[float]] = {n: [] for n in live}
+    for r in range(max(1, repeats)):
         for name in live if r % 2 == 0 else live[::-1]:
-            _sync(device)
-            t0 = time.perf_counter()
-            arms[name]()
-            _sync(device)
-            timed[name].append(images / max(time.perf_counter() - t0, 1e-9))
-    rates = {n: (statistics.median(timed[n]) if timed[n] else images / max(first[n], 1e-9)) for n in names}
+            times[name].append(images / max(timed(arms[name]), 1e-9))
+    rates = {n: (statistics.median(times[n]) if n in times else 0.0) for n in names}
     return rates, time.perf_counter() - start
 
 
