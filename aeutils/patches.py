@@ -979,7 +979,7 @@ def extract(
             if not tasks:
                 say(summary(plan))
         bar.refresh()
-        last_write = time.monotonic()
+        last_write, every = time.monotonic(), MANIFEST_EVERY_S
         for pl, task, res in queued:
             if pl.name in failed:
                 if res is not None:
@@ -998,9 +998,12 @@ def extract(
             left[pl.name] -= 1
             if left[pl.name] == 0:
                 say(summary(pl))
-            if time.monotonic() - last_write > MANIFEST_EVERY_S:
+            if time.monotonic() - last_write > every:
+                t0 = time.monotonic()
                 write_manifest(manifest, rows_now())
                 last_write = time.monotonic()
+                # Big runs (hundreds of slides): keep the periodic rewrite under ~5 % of the time.
+                every = max(MANIFEST_EVERY_S, 20 * (last_write - t0))
         completed = True
     finally:
         bar.close()
