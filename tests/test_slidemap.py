@@ -279,6 +279,7 @@ def test_100k_slide_stays_under_2_gb(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rss_gb = int(proc.stdout.split("maxrss_kb")[1].split()[0]) / 2**20
+    print(f"peak RSS encoding a 100000 x 80000 px slide: {rss_gb:.2f} GB")
     assert rss_gb < 2.0, proc.stdout
     with open_slide(tmp_path / "maps" / "huge.encoding.tiff") as e:
         assert e.dimensions == (25_000, 20_000) and e.mpp == pytest.approx(2.0) and e.level_count >= 5
@@ -297,3 +298,34 @@ def test_cli_progress_in_mpx_per_s_and_duplicate_names(tmp_path: Path, syn: Path
     code, err = _cli(capsys, syn, twin / "syn.tiff", "--out", tmp_path / "maps", "--checkpoint", ck, "--tile", "512")
     assert code == 2 and "Mpx/s" in err and f"error: {twin / 'syn.tiff'}: same name as {syn}" in err
     assert (tmp_path / "maps" / "syn.encoding.tiff").is_file()
+
+
+def test_kill_9_mid_run_then_rerun_resumes(tmp_path: Path) -> None:
+    """A real kill (no Python cleanup): no file under the final name; the rerun resumes the saved tiles."""
+    import signal
+    import time
+
+    slide = write_slide(tmp_path / "big.tiff", 3072, 2048, ((0, 0, 3072, 2048),), levels=3)
+    ck = tmp_path / "small.pt"
+    save_checkpoint(ck, small_model())
+    out = tmp_path / "maps"
+    work = out / ".big.encoding.work"
+    args = [sys.executable, "-m", "aeutils", "encode", str(slide), "--out", str(out), "--checkpoint", str(ck),
+            "--tile", "256", "--batch-size", "1", "--quiet"]
+    env = {**os.environ, "MSCOPY_CPU_SPEED": "fp32"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(work.glob("z*.npy"))) < 3 and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = len(list(work.glob("z*.npy")))
+    assert saved >= 3 and not (out / "big.encoding.tiff").exists()
+    rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming: {saved} of 96 tiles already encoded" in rerun.stderr
+    assert f"{96 - saved} of 96 tissue tiles encoded" in rerun.stdout
+    with open_slide(out / "big.encoding.tiff") as e:
+        assert e.dimensions == (768, 512)
+    assert not work.exists() and not [p for p in out.iterdir() if p.suffix == ".tmp"]
