@@ -12,6 +12,9 @@ Two cases, each with both arms timed in the same run (interleaved repeats):
   patch, ``read_region`` of the 2x-size region at level 0 + ``Image.resize(181)`` with extract's filter
   (area: ``Image.BOX``) onto the same output grid + PIL PNG save. The two arms' pixels are compared by PSNR (both antialias the same
   level-0 pixels; they differ only at the patch edges, where extract's filter sees the neighbours).
+  Here both arms must have OpenSlide paint every level-0 pixel (4 per output pixel), and that painting
+  (~20-35 ns/px on the 2-core EPYC used for the README, cached tiles included) is most of either arm's
+  time, so the strip reads and the faster PNG encoder gain far less than at level 0.
 
 In both, naive is one process given the grid for free (its planning is not timed) and aeutils is
 ``extract(...)`` end to end (tissue mask, grid, QC figure, strip reads, process pool of ``--workers``,
