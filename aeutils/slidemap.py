@@ -236,10 +236,13 @@ class TileEncoder:
         self.device = next(model.parameters()).device
         self.batch_size = max(1, int(batch_size)) if batch_size is not None else auto_batch_size(model.config, grid)
         self.dmargin = decoder_margin(model.config) if reconstruction else 0
+        # The speed probe runs on one tile of half the side (a quarter of the pixels: the probe costs
+        # 4x less, so it pays on 4x smaller slides); the work is counted in those units.
         side = min(grid.core + 2 * grid.margin, max(grid.width, grid.height))
-        shape = (min(self.batch_size, max(1, expected_tiles)), 3, min(side, grid.height), min(side, grid.width))
+        probe = (1, 3, max(16, min(side, grid.height) // 2), max(16, min(side, grid.width) // 2))
+        units = expected_tiles * (min(side, grid.height) * min(side, grid.width)) // (probe[2] * probe[3])
         self.choice = speed.inference_choice(
-            model, shape, self.device, expected_batches=max(1, expected_tiles // shape[0]),
+            model, probe, self.device, expected_batches=max(1, units),
             run=lambda x: model.encoder_forward(x)[0], force=precision,
         )
         self._torch = torch
