@@ -865,8 +865,13 @@ def run_cli(args: argparse.Namespace) -> int:
             failed += 1
             print(f"error: {err}", file=sys.stderr, flush=True)
             continue
-        what = "up to date" if res.up_to_date else (
-            f"{res.encoded} of {res.tiles} tissue tiles encoded, {res.megapixels:.1f} Mpx at {res.mpx_per_s:.2f} Mpx/s")
+        if res.up_to_date:
+            what = "up to date"
+        elif res.encoded == 0:
+            what = f"all {res.tiles} tissue tiles resumed from the work folder"
+        else:
+            what = (f"{res.encoded} of {res.tiles} tissue tiles encoded, {res.megapixels:.1f} Mpx at "
+                    f"{res.mpx_per_s:.2f} Mpx/s")
         mpp = f", {res.mpp * STRIDE:.4g} um/px" if res.mpp else ""
         print(f"{res.encoding} ({res.shape[1]} x {res.shape[0]} px{mpp}; {what})"
               + (f" + {res.reconstruction}" if res.reconstruction else ""))
