@@ -329,3 +329,16 @@ def test_kill_9_mid_run_then_rerun_resumes(tmp_path: Path) -> None:
     with open_slide(out / "big.encoding.tiff") as e:
         assert e.dimensions == (768, 512)
     assert not work.exists() and not [p for p in out.iterdir() if p.suffix == ".tmp"]
+
+
+def test_resampled_scale_and_the_bf16_route(tmp_path: Path, syn: Path, region: np.ndarray, shipped) -> None:
+    """--mpp with no level near it reads level 0 and downsamples (aeutils.scale): the map is at 4 x that mpp.
+    The bf16 speed route gives the same map up to bf16 rounding."""
+    res = encode_slide(syn, tmp_path, model=small_model(), mpp=0.75, core=256, precision="fp32", progress=False)
+    with open_slide(res.encoding) as e:
+        assert e.mpp == pytest.approx(3.0) and e.dimensions == (-(-933 // 4), -(-733 // 4))
+    img = np.ascontiguousarray(region[:600, :600])
+    exact, _ = encode_image(shipped, img, core=256, precision="fp32")
+    fast, _ = encode_image(shipped, img, core=256, precision="bf16")
+    spread = exact.max() - exact.min()
+    assert 0 < np.abs(fast - exact).max() < 0.05 * spread
