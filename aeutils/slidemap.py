@@ -43,7 +43,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -86,10 +86,10 @@ def encoder_margin(config: "AutoencoderConfig") -> int:
 def decoder_margin(config: "AutoencoderConfig") -> int:
     """Latent pixels of context the decoder needs around a core: one per (transposed) convolution
     (each reaches at most one latent pixel, the upsampled ones less), plus one."""
+    import torch
     from torch import nn
 
     from aeutils.model import Autoencoder
-    import torch
 
     with torch.device("meta"):
         model = Autoencoder(config)
