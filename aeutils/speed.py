@@ -24,7 +24,11 @@ Two entry points:
   process for a (model architecture, input shape, device) key; the probe runs only once the key's
   batches (this call's plus earlier calls') reach :data:`PAYS` x the probe's own batches, so a
   16-patch figure never probes and a whole slide does. Run under the result with :func:`forward` or
-  :func:`running` + :func:`prepare`.
+  :func:`running` + :func:`prepare`; for example, a whole-slide encoder::
+
+      choice = speed.inference_choice(model, (64, 3, 181, 181), expected_batches=len(batches))
+      with torch.inference_mode():
+          z = speed.forward(model.encode, batch, choice)   # float32 NCHW, whatever the choice
 
 Forcing: ``$MSCOPY_CPU_SPEED`` = a candidate name (use it, no probe), ``probe`` (probe even where it
 does not pay) or ``auto``/unset; functions also take ``force=``. CPU flags (:func:`cpu_description`)
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,14 +63,14 @@ SLOW_SECONDS = 0.1
 #: SCREEN_ROUNDS calls each (only the suspects are called again)
 SCREEN_FACTOR, SCREEN_ROUNDS = 5.0, 3
 #: untimed warm-up calls and timed calls per candidate
-WARMUP, REPEATS = 1, 2
+WARMUP, REPEATS = 1, 3
 
 
 @dataclass
 class Choice:
     """A speed decision: ``name`` (one of :data:`CANDIDATES`), why (``source``: "probe", "forced",
-    "env", "device default", "short run", "resumed", "not yet paid"), the probe's median images/s per
-    candidate (``rates``; empty without a probe) and its wall time (``probe_seconds``)."""
+    "env", "device default", "short run", "resumed", "not yet paid"), the probe's best images/s per
+    candidate (best of its timed calls; ``rates``; empty without a probe) and its wall time (``probe_seconds``)."""
 
     name: str = "fp32"
     source: str = "device default"
@@ -193,7 +196,8 @@ def measure(
     :data:`SCREEN_ROUNDS` calls there is more than :data:`SCREEN_FACTOR` x the first arm's (and more
     than ``slow_seconds``) is dropped before any full-size call (rate 0). First calls pay one-time
     costs (oneDNN builds its kernels per shape and layout), so only the suspects are called again.
-    Returns (median images/s per arm, wall seconds of the whole measurement)."""
+    Returns (best images/s per arm over its timed calls, wall seconds of the whole measurement): on a
+    shared machine the least disturbed call is the truest (other load only ever slows a call down)."""
     device = torch.device(device)
     names = list(arms)
     start = time.perf_counter()
@@ -222,7 +226,7 @@ def measure(
     for r in range(max(1, repeats)):
         for name in live if r % 2 == 0 else live[::-1]:
             times[name].append(images / max(timed(arms[name]), 1e-9))
-    rates = {n: (statistics.median(times[n]) if n in times else 0.0) for n in names}
+    rates = {n: (max(times[n]) if n in times else 0.0) for n in names}
     return rates, time.perf_counter() - start
 
 
@@ -338,8 +342,9 @@ def inference_choice(
 
     ``run(x, choice)`` is the computation to time, run under ``choice`` (default
     ``forward(model, x, choice)``); ``backward=True`` times it plus a backward pass to ``x`` (a loss
-    whose input needs gradients) instead of an inference-mode forward. The answer is cached per process for (architecture, shape, device, backward).
-    Until a probe has run, each call adds ``expected_batches`` to the key's count; once the count
+    whose input needs gradients) instead of an inference-mode forward. The answer is cached per
+    process for (architecture, shape, device, backward). Until a probe has run, each call adds
+    ``expected_batches`` to the key's count; once the count
     reaches :data:`PAYS` x the probe's batches, the probe runs (CPU and CUDA; other devices: fp32).
     Before that, and on other devices, the answer is fp32 (source "not yet paid" / "device default").
     ``force``/``$MSCOPY_CPU_SPEED`` as in :func:`training_choice`. Run under it with :func:`forward`.
@@ -359,6 +364,9 @@ def inference_choice(
     probe_batches = len(CANDIDATES) * (WARMUP + REPEATS)
     if force != "probe" and entry.batches < PAYS * probe_batches:
         return Choice("fp32", "not yet paid", what=what)
+    names = list(CANDIDATES)
+    if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        names = [n for n in names if not Choice(n).amp]
     fn = run or (lambda x, c: forward(model, x, c))
     gen = torch.Generator().manual_seed(12345)
     x0 = torch.rand(tuple(int(s) for s in example_shape), generator=gen).to(dev)
@@ -376,8 +384,8 @@ def inference_choice(
     was_training = model.training
     model.eval()
     try:
-        rates, seconds = measure({n: arm(Choice(n), x0) for n in CANDIDATES}, int(example_shape[0]), dev,
-                                 screen={n: arm(Choice(n), x0[:1]) for n in CANDIDATES})
+        rates, seconds = measure({n: arm(Choice(n), x0) for n in names}, int(example_shape[0]), dev,
+                                 screen={n: arm(Choice(n), x0[:1]) for n in names})
     finally:
         model.train(was_training)
     entry.choice = _announce(Choice(decide(rates), "probe", rates, seconds, what=what), verbose)

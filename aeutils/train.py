@@ -29,7 +29,6 @@ an uninterrupted run bit for bit (shuffling is seeded per epoch, RNG states are 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import io
 import json
@@ -47,7 +46,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aeutils.speed import Choice, candidate_name, copy_for, training_choice
 from aeutils.checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from aeutils.data import PatchDataset, read_image
 from aeutils.device import pick_device
@@ -56,6 +54,7 @@ from aeutils.io import atomic_write_text
 from aeutils.metrics import psnr, ssim
 from aeutils.model import Autoencoder, AutoencoderConfig, nearest_valid_sizes
 from aeutils.patches import default_workers
+from aeutils.speed import Choice, candidate_name, copy_for, training_choice
 
 __all__ = [
     "ReconstructionLoss",
