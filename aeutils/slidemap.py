@@ -205,18 +205,19 @@ def _read_jobs(source: Any, grid: TileGrid, todo: Sequence[tuple[int, int]], run
                 yield _Job(ty, tx, np.ascontiguousarray(strip[:, x0 - bx0:x1 - bx0]))
 
 
-#: bytes the widest encoder activation of one batch may take (float32); bounds the batch's memory (the
-#: peak is a few times this: the input, a block's intermediates and its output are alive together)
-ACTIVATION_BUDGET = 128 * 2**20
+#: bytes the widest encoder activation of one batch may take (float32), per device type. On the CPU a
+#: batch must stay cache-sized: measured on 2 EPYC cores (shipped model, fp32), one 576 px tile ran at
+#: 5.0 Mpx/s, a batch of four 1.4, and one 1096 px tile 1.25 (its 38 MB stage-1 activation spills
+#: the cache). On a GPU, big batches fill the device (the peak is a few times this).
+ACTIVATION_BUDGET = {"cpu": 16 * 2**20, "cuda": 1024 * 2**20}
 
 
-def auto_batch_size(config: "AutoencoderConfig", grid: TileGrid) -> int:
+def auto_batch_size(config: "AutoencoderConfig", grid: TileGrid, device: str = "cpu") -> int:
     """Tiles per forward pass so that the widest activation (stage 1: ``widths[0]`` channels at half
-    the tile side) of a batch fits :data:`ACTIVATION_BUDGET`; at least 1. Measured on 2 CPU cores, a
-    batch of 4 tiles ran no faster per pixel than one, so memory decides."""
+    the tile side) of a batch fits :data:`ACTIVATION_BUDGET` of the ``device`` type; at least 1."""
     side = min(grid.core + 2 * grid.margin, max(grid.width, grid.height))
     one = config.widths[0] * (-(-side // 2)) ** 2 * 4
-    return max(1, int(ACTIVATION_BUDGET // one))
+    return max(1, int(ACTIVATION_BUDGET.get(device, ACTIVATION_BUDGET["cpu"]) // one))
 
 
 class TileEncoder:
@@ -234,7 +235,8 @@ class TileEncoder:
 
         self.model, self.grid, self.reconstruction = model, grid, reconstruction
         self.device = next(model.parameters()).device
-        self.batch_size = max(1, int(batch_size)) if batch_size is not None else auto_batch_size(model.config, grid)
+        self.batch_size = (max(1, int(batch_size)) if batch_size is not None
+                           else auto_batch_size(model.config, grid, self.device.type))
         self.dmargin = decoder_margin(model.config) if reconstruction else 0
         # The speed probe runs on one tile of half the side (a quarter of the pixels: the probe costs
         # 4x less, so it pays on 4x smaller slides); the work is counted in those units.
@@ -243,7 +245,7 @@ class TileEncoder:
         units = expected_tiles * (min(side, grid.height) * min(side, grid.width)) // (probe[2] * probe[3])
         self.choice = speed.inference_choice(
             model, probe, self.device, expected_batches=max(1, units),
-            run=lambda x: model.encoder_forward(x)[0], force=precision,
+            run=lambda x, c: speed.forward(lambda t: model.encoder_forward(t)[0], x, c), force=precision,
         )
         self._torch = torch
 
@@ -298,7 +300,7 @@ def encode_image(
     model: "Autoencoder",
     rgb: np.ndarray,
     *,
-    core: int = 1024,
+    core: int = 512,
     margin: int | None = None,
     reconstruction: bool = False,
     precision: str | None = "fp32",
@@ -623,8 +625,8 @@ def encode_slide(
     low: float = 2.0,
     high: float = 98.0,
     reconstruction: bool = False,
-    core: int = 1024,
-    run: int = 4,
+    core: int = 512,
+    run: int = 8,
     batch_size: int | None = None,
     precision: str | None = None,
     device: str | None = None,
@@ -827,9 +829,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="percentiles of the stretch view (default 2 98)")
     parser.add_argument("--reconstruction", action="store_true",
                         help="also write <slide>.reconstruction.tiff, the decoded RGB at the input scale")
-    parser.add_argument("--tile", type=int, default=1024, help="tile core in input px, a multiple of 256 (1024)")
+    parser.add_argument("--tile", type=int, default=512,
+                        help="tile core in input px, a multiple of 256 (512: cache-sized on the CPU; larger on a GPU)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="tiles per forward pass (default: as many as fit a 128 MiB widest activation)")
+                        help="tiles per forward pass (default: 1 on the CPU, as many as fit 1 GiB on a GPU)")
     parser.add_argument("--precision", choices=("auto", "fp32", "channels_last", "bf16", "channels_last+bf16"),
                         default="auto", help="auto: measured once per run (aeutils.speed); fp32: exact")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")

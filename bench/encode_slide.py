@@ -39,8 +39,8 @@ TARGET = 5.0
 
 @dataclass
 class BenchResult:
-    """Seconds and input Mpx/s of each arm on one slide (``width`` x ``height`` px, ``tissue_tiles`` of
-    ``tiles`` 1024 px tiles with tissue), the ratios, and the machine."""
+    """Seconds and input Mpx/s of each arm on one slide (``width`` x ``height`` px, ``tissue_tiles``
+    tiles with tissue), the ratios, and the machine."""
 
     slide: str
     width: int
@@ -120,7 +120,7 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime
 
 
-def run_bench(slide: Path, out: Path, *, core: int = 1024, precision: str | None = None,
+def run_bench(slide: Path, out: Path, *, core: int = 512, precision: str | None = None,
               repeats: int = 2) -> BenchResult:
     """Time the three arms on ``slide`` (level 0), interleaved ``repeats`` times (A B C, C B A, ...)
     so that load from other processes hits each arm alike; the encode arm writes under ``out``.
