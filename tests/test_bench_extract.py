@@ -24,6 +24,10 @@ def test_bench_extract_smoke_numbers(tmp_path: Path) -> None:
     # The resampled case really resamples level 0 of a 40x pyramid to 0.5 um/px, and both arms agree.
     assert rs["level"] == 0 and rs["factor"] == pytest.approx(2.004, abs=1e-3) and rs["mpp"] == pytest.approx(0.5)
     assert rs["patches"] > 5 and rs["psnr_min"] >= 35
+    # Both read the bench's JPEG pyramid by tile decoding (checked bit-identical to OpenSlide at open),
+    # and the resampled patches agree with the naive PIL resize of OpenSlide's pixels exactly.
+    assert lvl0["tile_decoding"] and rs["tile_decoding"], (lvl0["reader"], rs["reader"])
+    assert rs["identical"] and rs["max_abs_diff"] == 0 == lvl0["max_abs_diff"]
     for case in (lvl0, rs):
         assert case["naive_patches_per_s"] > 0 and case["ours_patches_per_s"] > 0
         assert case["speedup"] == pytest.approx(case["ours_patches_per_s"] / case["naive_patches_per_s"], rel=1e-9)
