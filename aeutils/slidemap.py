@@ -680,7 +680,7 @@ def encode_slide(
             return SlideMap(enc_path, rec_path, choice.mpp, grid.latent_shape, 0, 0, 0.0, 0.0, None, True)
 
         # tissue: cores with any tissue; the mask at latent resolution for each
-        _, tissue = detect_tissue(s, 2048)
+        _, tissue = detect_tissue(s, _mask_side(s))
         if not tissue.mask.any():
             raise SlideError(f"{s.path}: no tissue found (the tissue mask of the thumbnail is empty)")
         ds = choice.downsample  # level-0 px per input px
@@ -755,6 +755,14 @@ def encode_slide(
         store.remove()
     return SlideMap(enc_path, rec_path, choice.mpp, grid.latent_shape, len(tiles), len(todo), mpx, seconds, stats,
                     speed=speed_used)
+
+
+def _mask_side(slide: Any, lo: int = 1024, hi: int = 2048) -> int:
+    """Thumbnail side for the tissue mask: the longer side of the smallest pyramid level with at least
+    ``lo`` px (read as is, no larger level decoded and shrunk), at most ``hi``."""
+    sides = sorted(max(int(d) for d in dims) for dims in slide.level_dimensions)
+    fit = [v for v in sides if v >= lo]
+    return min(fit[0], hi) if fit else hi
 
 
 def _latent_mask(tissue: Any, grid: TileGrid, ty: int, tx: int, ds: float) -> np.ndarray:
