@@ -32,6 +32,7 @@ def test_bench_extract_smoke_numbers(tmp_path: Path) -> None:
         assert case["naive_patches_per_s"] > 0 and case["ours_patches_per_s"] > 0
         assert case["speedup"] == pytest.approx(case["ours_patches_per_s"] / case["naive_patches_per_s"], rel=1e-9)
         assert case["speedup"] == pytest.approx(case["naive_s"] / case["ours_s"], rel=1e-9)
+        assert case["speedup_best"] == pytest.approx(case["naive_s_best"] / case["ours_s_best"], rel=1e-9)
         assert case["cpu_ratio"] == pytest.approx(case["naive_cpu_ms_per_patch"] / case["ours_cpu_ms_per_patch"], rel=1e-9)
 
 
