@@ -3,22 +3,30 @@
 Images are float tensors of RGB in [0, 1], shape 3xSxS (Nx3xSxS batched), S in level pixels of
 the extraction level. Coordinates (``x``, ``y``) are level-0 pixels of the top-left corner.
 
-Train/validation split (one rule everywhere, so the shipped model never saw its validation tissue):
+Train / validation / test split (one rule everywhere, so the shipped model never saw its held-out
+tissue, and the tissue that reported numbers come from was never used for a choice):
 
-* several slides: split **by slide**, no slide on both sides. A stable hash of each slide name
-  orders the slides; the first ``ceil(VALIDATION_FRACTION * n_slides)`` are validation.
-* one slide: split by **region**: the bottom ``VALIDATION_FRACTION`` (25 %) of the slide's height
-  is validation. A patch is validation if ``y >= 0.75 * H``, training if
-  ``y + size * downsample <= 0.75 * H``; patches straddling the line are dropped.
+* three roles: ``"train"`` (fitting), ``"val"`` (every choice: objective, size, epochs, the checkpoint
+  kept, loss weights), ``"test"`` (reported numbers only). ``HELD_OUT_FRACTION`` (25 %) of the data is
+  held out and split in two halves, validation first.
+* fewer than ``REGION_SPLIT_MAX_SLIDES`` (4) slides (the bundled pair): **each slide by region**.
+  The bottom 25 % of each slide's height is held out: its upper half (``0.75 H <= y`` and
+  ``y + size * downsample <= 0.875 H``) is validation, its lower half (``y >= 0.875 H``) is test;
+  training patches end above ``0.75 H`` (``y + size * downsample <= 0.75 H``). Patches straddling
+  either line are dropped. A slide whose band halves are lower than one patch (``0.125 H < size *
+  downsample``) keeps the whole band as validation and has no test region. Holding out a whole slide of two would leave one tissue to train on.
   ``H`` is the slide's level-0 height: ``slide_heights`` if given, else the ``slide_height``
   column of ``manifest.csv`` (written by :func:`aeutils.patches.extract`), else (older manifests,
   plain folders) the bundled sample slide's known height, else derived as the largest
   ``y + size * downsample`` of that slide's rows (never more than the true height, so the cut is
-  at or above the true one and no training patch reaches into the true validation region).
+  at or above the true one and no training patch reaches into the true held-out region).
   ``downsample`` is the manifest's ``downsample`` column if present, else 1 at level 0 and
   ``2**level`` above (the usual pyramid).
+* 4 or more slides: **by slide**, no slide in two roles. A stable hash of each slide name orders the
+  slides; the first ``ceil(HELD_OUT_FRACTION * n_slides)`` are held out, alternately validation and
+  test in that order (one held-out slide: validation only, no test slide).
 * a plain folder of images: file names ``<slide>_<x>_<y>.<ext>`` (what ``extract`` writes) are
-  split as above; other names by a stable hash of the file name (25 % validation).
+  split as above; other names by a stable hash of the file name (12.5 % validation, 12.5 % test).
 
 A corrupt or unreadable image raises :class:`~aeutils.errors.PatchError` naming its path (the
 policy is *fail*, not skip: a broken extraction should be fixed, not silently trained around).
@@ -47,6 +55,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "VALIDATION_FRACTION",
+    "HELD_OUT_FRACTION",
+    "REGION_SPLIT_MAX_SLIDES",
     "IMAGE_EXTENSIONS",
     "PatchRecord",
     "PatchDataset",
@@ -59,11 +69,15 @@ __all__ = [
     "sample_slide",
 ]
 
-#: fraction of a single slide's height (its bottom) held out for validation
-VALIDATION_FRACTION = 0.25
+#: fraction held out (a slide's bottom band, or a share of the slides): validation + test halves
+HELD_OUT_FRACTION = 0.25
+#: the older name of :data:`HELD_OUT_FRACTION` (the band's top line is where validation starts)
+VALIDATION_FRACTION = HELD_OUT_FRACTION
+#: below this many slides, every slide is split by region; from it on, by slide
+REGION_SPLIT_MAX_SLIDES = 4
 #: file name endings read as images in a plain folder
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-SPLITS = ("train", "val", "all")
+SPLITS = ("train", "val", "test", "all")
 
 _SAMPLE_STEM = Path(SAMPLE_NAME).stem
 _NAME_RE = re.compile(r"^(?P<slide>.+)_(?P<x>\d+)_(?P<y>\d+)$")
@@ -139,14 +153,20 @@ def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
 
 
-def region_split(y: float, footprint: float, height: float, fraction: float = VALIDATION_FRACTION) -> str | None:
-    """Which side of a single slide's split a patch is on: ``"val"`` if its top ``y`` (level-0 px)
-    is at or below the line ``(1 - fraction) * height``, ``"train"`` if it ends above the line
-    (``y + footprint <= line``; ``footprint`` = size x downsample, level-0 px), ``None`` if it
-    straddles the line (dropped)."""
-    line = (1.0 - fraction) * height
+def region_split(y: float, footprint: float, height: float, fraction: float = HELD_OUT_FRACTION) -> str | None:
+    """Which role a patch of one slide has under the region rule: ``"train"`` if it ends above the
+    line ``(1 - fraction) * height`` (``y + footprint <= line``; ``y`` its top, ``footprint`` =
+    size x downsample, level-0 px), ``"val"`` if it lies in the upper half of the held-out band
+    (``y >= line`` and ``y + footprint <= (1 - fraction / 2) * height``), ``"test"`` if it starts in
+    the lower half (``y >= (1 - fraction / 2) * height``), ``None`` if it straddles a line (dropped).
+    A band whose halves are lower than one footprint (a short slide) is all validation, no test."""
+    line, mid = (1.0 - fraction) * height, (1.0 - fraction / 2.0) * height
     if y >= line:
-        return "val"
+        if footprint > mid - line:
+            return "val"
+        if y >= mid:
+            return "test"
+        return "val" if y + footprint <= mid else None
     if y + footprint <= line:
         return "train"
     return None
@@ -178,11 +198,11 @@ def split_records(
     records: Sequence[PatchRecord],
     split: str,
     *,
-    fraction: float = VALIDATION_FRACTION,
+    fraction: float = HELD_OUT_FRACTION,
     slide_heights: dict[str, int] | None = None,
 ) -> list[PatchRecord]:
-    """The ``split`` ("train", "val" or "all") subset of ``records`` by the module's rule
-    (by slide when there are several slides, by the bottom region when one). Order is kept."""
+    """The ``split`` ("train", "val", "test" or "all") subset of ``records`` by the module's rule
+    (each slide by region below :data:`REGION_SPLIT_MAX_SLIDES` slides, else by slide). Order is kept."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if split == "all":
@@ -191,18 +211,21 @@ def split_records(
     unlocated = [r for r in records if not (r.slide is not None and r.y is not None)]
     side: dict[Path, str | None] = {}
     slides = sorted({r.slide for r in located}, key=lambda s: (_stable_hash(s), s))  # type: ignore[arg-type]
-    if len(slides) > 1:
-        n_val = max(1, math.ceil(fraction * len(slides)))
-        val_slides = set(slides[:n_val])
+    if len(slides) >= REGION_SPLIT_MAX_SLIDES:
+        held = slides[: max(1, math.ceil(fraction * len(slides)))]
+        role = {name: ("val" if i % 2 == 0 else "test") for i, name in enumerate(held)}
         for r in located:
-            side[r.path] = "val" if r.slide in val_slides else "train"
-    elif slides:
-        height = _slide_height(slides[0], located, slide_heights)  # type: ignore[arg-type]
-        for r in located:
-            fp = (r.size or _image_side(r.path)) * r.downsample
-            side[r.path] = region_split(float(r.y), fp, height, fraction)  # type: ignore[arg-type]
+            side[r.path] = role.get(r.slide, "train")  # type: ignore[arg-type]
+    else:
+        for name in slides:
+            recs = [r for r in located if r.slide == name]
+            height = _slide_height(name, recs, slide_heights)  # type: ignore[arg-type]
+            for r in recs:
+                fp = (r.size or _image_side(r.path)) * r.downsample
+                side[r.path] = region_split(float(r.y), fp, height, fraction)  # type: ignore[arg-type]
     for r in unlocated:
-        side[r.path] = "val" if (_stable_hash(r.path.name) % 10_000) < fraction * 10_000 else "train"
+        u = (_stable_hash(r.path.name) % 10_000) / 10_000
+        side[r.path] = "val" if u < fraction / 2 else "test" if u < fraction else "train"
     return [r for r in records if side.get(r.path) == split]
 
 
@@ -397,21 +420,30 @@ def load_patches(
 
 
 @lru_cache(maxsize=16)
-def _sample_cells(size: int, split: str, stride: int) -> tuple[tuple[int, int], ...]:
+def _sample_cells(size: int, split: str, stride: int, slide: int = 0) -> tuple[tuple[int, int], ...]:
     from aeutils.patches import plan_grid
     from aeutils.slides import open_slide
 
-    with open_slide(sample_slide()) as slide:
-        height = slide.dimensions[1]
-        cells = plan_grid(slide, patch_size=size, level=0, stride=stride, min_tissue=0.5)
+    with open_slide(_bundled(slide)) as sl:
+        height = sl.dimensions[1]
+        cells = plan_grid(sl, patch_size=size, level=0, stride=stride, min_tissue=0.5)
     return tuple((c.x, c.y) for c in cells if region_split(c.y, c.size, height) == split)
 
 
-def sample_patches(n: int = 16, size: int = 181, split: str = "val", seed: int = 0) -> "torch.Tensor":
-    """``n`` tissue patches of the bundled sample slide as an Nx3xSxS float tensor in [0, 1]
-    (level 0, 0.499 um/px), from the ``split`` side ("val": the held-out bottom 25 %, "train",
-    or "all") of the region split. Deterministic for a given seed; for one seed, a smaller ``n``
-    gives a prefix of a larger one.
+def _bundled(slide: int) -> Path:
+    from aeutils.sample import SAMPLES, sample_slides
+
+    if slide not in range(len(SAMPLES)):
+        raise ValueError(f"slide must be an index of aeutils.sample.SAMPLES (0..{len(SAMPLES) - 1}), got {slide!r}")
+    return sample_slides()[slide]
+
+
+def sample_patches(n: int = 16, size: int = 181, split: str = "val", seed: int = 0, slide: int = 0) -> "torch.Tensor":
+    """``n`` tissue patches of a bundled slide as an Nx3xSxS float tensor in [0, 1] (level 0, about
+    0.5 um/px), from one role of the region split ("val": upper half of the held-out bottom 25 %,
+    "test": its lower half, "train", or "all"). ``slide``: index into :data:`aeutils.sample.SAMPLES`
+    (0: the CMU skin region, 1: the prostate). Deterministic for a given seed; for one seed, a smaller
+    ``n`` gives a prefix of a larger one.
 
     Patches come from a non-overlapping grid (stride = size) of cells with >= 50 % tissue; if that
     has fewer than ``n`` cells, half and then quarter strides (overlapping patches) are used.
@@ -420,23 +452,21 @@ def sample_patches(n: int = 16, size: int = 181, split: str = "val", seed: int =
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    path = _bundled(slide)
     cells: tuple[tuple[int, int], ...] = ()
     for stride in (size, max(1, size // 2), max(1, size // 4)):
-        cells = _sample_cells(size, split, stride) if split != "all" else (
-            _sample_cells(size, "train", stride) + _sample_cells(size, "val", stride)
-        )
+        roles = ("train", "val", "test") if split == "all" else (split,)
+        cells = tuple(c for role in roles for c in _sample_cells(size, role, stride, slide))
         if len(cells) >= n:
             break
     if len(cells) < n:
-        raise PatchError(
-            f"{sample_slide()}: only {len(cells)} tissue patches of {size} px in the {split!r} split, {n} requested"
-        )
+        raise PatchError(f"{path}: only {len(cells)} tissue patches of {size} px in the {split!r} split, {n} requested")
     order = np.random.default_rng(seed).permutation(len(cells))[:n]
     from aeutils.slides import open_slide
 
     out = []
-    with open_slide(sample_slide()) as slide:
+    with open_slide(path) as sl:
         for i in order:
             x, y = cells[int(i)]
-            out.append(_to_tensor(slide.read_region(x, y, 0, size)))
+            out.append(_to_tensor(sl.read_region(x, y, 0, size)))
     return torch.stack(out)

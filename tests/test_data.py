@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from aeutils.data import (
+    HELD_OUT_FRACTION,
     VALIDATION_FRACTION,
     PatchDataset,
     find_patches,
@@ -47,25 +48,50 @@ def write_patch_dir(
 
 
 def test_region_split_rule() -> None:
-    h = 400  # line at 300
+    h = 400  # held-out band from 300; validation half 300-350, test half from 350
     assert region_split(300, 41, h) == "val"
+    assert region_split(309, 41, h) == "val"  # ends at 350
+    assert region_split(310, 41, h) is None  # straddles the validation/test line
+    assert region_split(350, 41, h) == "test"
     assert region_split(259, 41, h) == "train"
     assert region_split(260, 41, h) is None  # straddles
-    assert VALIDATION_FRACTION == 0.25
+    assert region_split(330, 51, h) == "val"  # halves lower than a patch: the band is validation
+    assert region_split(360, 51, h) == "val"
+    assert VALIDATION_FRACTION == HELD_OUT_FRACTION == 0.25
+
+
+def test_two_slides_split_by_region_three_roles(tmp_path: Path) -> None:
+    """The bundled pair: each slide keeps train, validation and test regions, none shared."""
+    write_patch_dir(tmp_path, {"skin": 801, "prostate": 1201}, stride=20)
+    recs = find_patches(tmp_path)
+    roles = {k: split_records(recs, k) for k in ("train", "val", "test")}
+    heights = {"skin": 801, "prostate": 1201}
+    for name, h in heights.items():
+        tr = [r for r in roles["train"] if r.slide == name]
+        va = [r for r in roles["val"] if r.slide == name]
+        te = [r for r in roles["test"] if r.slide == name]
+        assert tr and va and te, name
+        assert all(r.y + r.size <= 0.75 * h for r in tr)
+        assert all(r.y >= 0.75 * h and r.y + r.size <= 0.875 * h for r in va)
+        assert all(r.y >= 0.875 * h for r in te)
+    paths = [{r.path for r in v} for v in roles.values()]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
 
 
 def test_single_slide_split_by_region(tmp_path: Path) -> None:
-    write_patch_dir(tmp_path, {"s1": 401})
+    write_patch_dir(tmp_path, {"s1": 801}, stride=10)
     recs = find_patches(tmp_path)
     train, val = split_records(recs, "train"), split_records(recs, "val")
-    # derived height = max(y + size) = 360 + 41 = 401 -> line 300.75
-    assert train and val
-    assert all(r.y + r.size <= 0.75 * 401 for r in train)
-    assert all(r.y >= 0.75 * 401 for r in val)
+    test = split_records(recs, "test")
+    # derived height = max(y + size) = 760 + 41 = 801 -> lines 600.75 and 700.9
+    assert train and val and test
+    assert all(r.y + r.size <= 0.75 * 801 for r in train)
+    assert all(r.y >= 0.75 * 801 and r.y + r.size <= 0.875 * 801 for r in val)
+    assert all(r.y >= 0.875 * 801 for r in test)
     assert not {r.path for r in train} & {r.path for r in val}
-    assert len(train) + len(val) < len(recs)  # the straddling row is dropped
+    assert len(train) + len(val) + len(test) < len(recs)  # the straddling row is dropped
     # an explicit slide height moves the line
-    val_big = split_records(recs, "val", slide_heights={"s1": 1000})
+    val_big = split_records(recs, "val", slide_heights={"s1": 2000})
     assert val_big == []
 
 
@@ -84,19 +110,20 @@ def test_single_slide_split_uses_the_stored_slide_height(tmp_path: Path) -> None
     train, val = split_records(recs, "train"), split_records(recs, "val")
     assert train and val
     assert all(r.y + r.size <= 150 for r in train)  # line 0.75 * 200 = 150, not 0.75 * 401
-    assert all(r.y >= 150 for r in val)
+    assert all(r.y >= 150 for r in val)  # halves of 25 px < 41 px: the whole band is validation
     assert min(r.y for r in val) == 160  # the first grid row below the stored line (guessed: 320)
-    assert min(r.y for r in split_records(recs, "val", slide_heights={"s1": 401})) == 320
+    assert not split_records(recs, "test")
+    assert min(r.y for r in split_records(recs, "test", slide_heights={"s1": 401})) == 360
 
 
 def test_multi_slide_split_by_slide(tmp_path: Path) -> None:
     write_patch_dir(tmp_path, {f"slide{i}": 121 for i in range(5)})
     recs = find_patches(tmp_path)
-    train, val = split_records(recs, "train"), split_records(recs, "val")
-    assert len(train) + len(val) == len(recs)  # nothing dropped
-    tr_slides, va_slides = {r.slide for r in train}, {r.slide for r in val}
-    assert not tr_slides & va_slides
-    assert len(va_slides) == 2  # ceil(0.25 * 5)
+    train, val, test = (split_records(recs, k) for k in ("train", "val", "test"))
+    assert len(train) + len(val) + len(test) == len(recs)  # nothing dropped
+    tr_slides, va_slides, te_slides = ({r.slide for r in k} for k in (train, val, test))
+    assert not tr_slides & va_slides and not tr_slides & te_slides and not va_slides & te_slides
+    assert len(va_slides) == 1 and len(te_slides) == 1  # ceil(0.25 * 5) = 2 held out, alternately
 
 
 def test_plain_folder_with_and_without_coordinates(tmp_path: Path) -> None:
@@ -104,19 +131,22 @@ def test_plain_folder_with_and_without_coordinates(tmp_path: Path) -> None:
     (tmp_path / "ext" / "manifest.csv").unlink()  # now just a folder of <slide>_<x>_<y>.png
     recs = find_patches(tmp_path / "ext")
     assert all(r.slide == "s1" and r.y is not None for r in recs)
-    assert split_records(recs, "val") and split_records(recs, "train")
+    assert split_records(recs, "test") and split_records(recs, "train")
+    # the training tests' fixture (tests/patchdirs.py): 181 px high, 41 px patches: band all validation
+    short = write_patch_dir(tmp_path / "short", {"s1": 181}, stride=20)
+    assert split_records(find_patches(short), "val") and not split_records(find_patches(short), "test")
     flat = tmp_path / "flat" / "classA"
     flat.mkdir(parents=True)
     for i in range(20):
         Image.fromarray(np.full((21, 21, 3), i, np.uint8)).save(flat / f"img{i}.png")
     frecs = find_patches(tmp_path / "flat")
     assert len(frecs) == 20 and frecs[0].label == "classA"
-    tr, va = split_records(frecs, "train"), split_records(frecs, "val")
-    assert len(tr) + len(va) == 20 and 0 < len(va) < 20
+    tr, va, te = (split_records(frecs, k) for k in ("train", "val", "test"))
+    assert len(tr) + len(va) + len(te) == 20 and 0 < len(va) + len(te) < 20
 
 
 def test_dataset_crop_and_augment(tmp_path: Path) -> None:
-    write_patch_dir(tmp_path, {"s1": 401})
+    write_patch_dir(tmp_path, {"s1": 801}, stride=20)
     ds = PatchDataset(tmp_path, "train", crop=33)
     assert ds.augment and len(ds) > 0
     torch.manual_seed(0)
@@ -194,7 +224,7 @@ def test_find_patches_errors(tmp_path: Path) -> None:
 
 
 def test_load_patches_sources(tmp_path: Path) -> None:
-    write_patch_dir(tmp_path, {"s1": 401})
+    write_patch_dir(tmp_path, {"s1": 801}, stride=20)
     x = load_patches(tmp_path, n=3, size=33)
     assert x.shape == (3, 3, 33, 33) and x.max() <= 1
     t = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
@@ -216,9 +246,14 @@ def test_sample_patches_are_held_out_tissue_and_deterministic() -> None:
     assert torch.equal(sample_patches(2, split="val", seed=0), x[:2])  # deterministic, prefix-stable
     assert not torch.equal(sample_patches(4, split="val", seed=1), x)
     line = (1 - VALIDATION_FRACTION) * SAMPLE_DIMENSIONS[1]
+    mid = (1 - VALIDATION_FRACTION / 2) * SAMPLE_DIMENSIONS[1]
     val_cells, train_cells = _sample_cells(181, "val", 181), _sample_cells(181, "train", 181)
-    assert val_cells and train_cells
-    assert all(y >= line for _, y in val_cells)
+    test_cells = _sample_cells(181, "test", 181)
+    assert val_cells and train_cells and test_cells
+    assert all(y >= line and y + 181 <= mid for _, y in val_cells)
+    assert all(y >= mid for _, y in test_cells)
     assert all(y + 181 <= line for _, y in train_cells)
     with pytest.raises(ValueError, match="split"):
-        sample_patches(1, split="test")
+        sample_patches(1, split="holdout")
+    p = sample_patches(2, split="test", slide=1)  # the prostate's test half (half-stride cells)
+    assert p.shape == (2, 3, 181, 181) and p.mean() < 0.9
