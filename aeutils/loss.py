@@ -18,7 +18,7 @@ from torch import nn
 
 from aeutils import speed as _speed
 from aeutils.errors import CheckpointError
-from aeutils.model import STAGES, Autoencoder, check_size
+from aeutils.model import STAGES, Autoencoder
 
 #: default tap weights: the first stage (1/2 resolution) is the most detail-sensitive tap and the deeper
 #: ones mostly add colour/brightness response (``bench/loss_sensitivity.py``, notebook 05); stopping
@@ -32,6 +32,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: VGG19 ``features[:12]`` ends at relu3_1, the layer the original SRGAN code used
 VGG_LAYERS = 12
+#: smallest side :class:`EncodingLoss` takes (pixels): its 1/4-resolution taps are then 4x4, enough
+#: pixels for the per-image statistics of ``normalize="instance"``
+MIN_SIDE = 16
+#: added to the variance before the square root in ``normalize="instance"``: a constant feature map
+#: (a dead ReLU channel, a flat white crop) gets a finite gradient, not 0/0
+INSTANCE_EPS = 1e-8
 
 
 def _check_criterion(criterion: str) -> str:
@@ -46,10 +52,26 @@ def _pointwise(criterion: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    for name, t in (("pred", pred), ("target", target)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(
+                f"{name} has dtype {t.dtype}: the loss takes float RGB in [0, 1] (float16, bfloat16, "
+                f"float32 or float64); convert 0-255 integers with {name}.float() / 255"
+            )
     if pred.ndim != 4 or pred.shape[1] != 3:
         raise ValueError(f"expected pred as an Nx3xHxW RGB batch in [0, 1], got shape {tuple(pred.shape)}")
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+
+
+def _instance_norm(a: torch.Tensor) -> torch.Tensor:
+    """Each channel of each image standardised over its pixels (float32 arithmetic, finite gradient
+    for constant maps: ``sqrt(var + INSTANCE_EPS)``)."""
+    mean = a.mean(dim=(2, 3), keepdim=True)
+    var = a.var(dim=(2, 3), keepdim=True, unbiased=False)
+    return (a - mean) / (var + INSTANCE_EPS).sqrt()
 
 
 def _fuse_conv_bn(module: nn.Module) -> nn.Module:
@@ -84,9 +106,12 @@ class _Frozen(nn.Module):
 class EncodingLoss(_Frozen):
     """Perceptual loss through the frozen encoder of an mscopy-AE autoencoder.
 
-    ``loss = EncodingLoss()(pred, target)``: ``pred`` and ``target`` are Nx3xHxW RGB in [0, 1] with
-    H, W = 4k+1 pixels (65, 93, 181, ...; other sizes raise ``ValueError`` naming the nearest valid
-    ones), the result is a scalar: ``weight * sum_k layer_weights[k] * mean(|f_k(pred) - f_k(target)|)``
+    ``loss = EncodingLoss()(pred, target)``: ``pred`` and ``target`` are Nx3xHxW RGB in [0, 1], any
+    H, W >= :data:`MIN_SIDE` (16) pixels (64, 128, 192, 256, 181, ...: the loss only encodes, so the
+    decoder's 4k+1 rule does not apply; same rule as :meth:`aeutils.model.Autoencoder.encoder_forward`),
+    float16, bfloat16, float32 or float64 (computed in float32; the gradient comes back in the input's
+    dtype), inside or outside ``torch.autocast``. Integer input (uint8 0-255) raises ``TypeError``:
+    convert with ``x.float() / 255``. The result is a float32 scalar: ``weight * sum_k layer_weights[k] * mean(|f_k(pred) - f_k(target)|)``
     (``criterion="l2"``: squared) over the taps ``k`` in ``("stage1", "stage2", "stage3", "latent")``
     (ends of the encoder's residual stages at 1/2 and 1/4 resolution, and the 1-channel latent).
 
@@ -120,7 +145,7 @@ class EncodingLoss(_Frozen):
     ``(perceptual, style)`` pair); put this in a module imported before the model is built::
 
         from basicsr.utils.registry import LOSS_REGISTRY
-        from aeutils.loss import EncodingLoss
+        from aeutils.loss import EncodingLoss   # BasicSR moves the loss with the model (.to(device))
 
         @LOSS_REGISTRY.register()
         class HistoEncodingLoss(EncodingLoss):
@@ -192,8 +217,12 @@ class EncodingLoss(_Frozen):
     def _taps(self, x: torch.Tensor, depth: int) -> dict[str, torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an Nx3xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}")
-        check_size(x.shape[-2], x.shape[-1])
-        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        if not x.is_floating_point():
+            raise TypeError(f"expected float RGB in [0, 1], got dtype {x.dtype} (convert with x.float() / 255)")
+        if min(x.shape[-2:]) < MIN_SIDE:
+            raise ValueError(f"EncodingLoss needs sides of at least {MIN_SIDE} px, got {tuple(x.shape[-2:])}")
+        x = x.float()
+        h = (x - self.mean) / self.std
         out: dict[str, torch.Tensor] = {}
         for name, stage in zip(STAGES[:depth], self.encoder):
             h = stage(h)
@@ -201,9 +230,9 @@ class EncodingLoss(_Frozen):
         return out
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All four taps of ``x`` (Nx3xHxW RGB in [0, 1]), keyed by :data:`aeutils.model.STAGES`;
-        for H = W = 181: stage1 Nx64x91x91, stage2 Nx32x46x46, stage3 Nx8x46x46, latent Nx1x46x46.
-        Differentiable w.r.t. ``x``."""
+        """All four taps of ``x`` (Nx3xHxW RGB in [0, 1], any H, W >= 16), keyed by
+        :data:`aeutils.model.STAGES`; for H = W = 128: stage1 NxC1x64x64, stage2/stage3 at 32x32,
+        latent Nx1x32x32 (sides ``ceil(H/2)``, ``ceil(H/4)``). Differentiable w.r.t. ``x``."""
         return self._taps(x, len(STAGES))
 
     def compare(self, pred_feats: Mapping[str, torch.Tensor], target_feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -217,8 +246,7 @@ class EncodingLoss(_Frozen):
                 scale = b.detach().std(dim=(0, 2, 3), keepdim=True) + 1e-4
                 a, b = a / scale, b / scale
             elif self.normalize == "instance":
-                a = (a - a.mean(dim=(2, 3), keepdim=True)) / (a.std(dim=(2, 3), keepdim=True) + 1e-4)
-                b = (b - b.mean(dim=(2, 3), keepdim=True)) / (b.std(dim=(2, 3), keepdim=True) + 1e-4)
+                a, b = _instance_norm(a), _instance_norm(b)
             term = w * _pointwise(self.criterion, a, b).flatten(1).mean(1)
             total = term if total is None else total + term
         assert total is not None
@@ -239,7 +267,8 @@ class EncodingLoss(_Frozen):
                 target_feats = self._taps(_speed.prepare(target.detach(), choice), self._depth)
             pred_feats = self._taps(_speed.prepare(pred, choice), self._depth)
         as_float = lambda f: {k: v.float() for k, v in f.items()}  # noqa: E731
-        return self.compare(as_float(pred_feats), as_float(target_feats)) * self.weight
+        with torch.autocast(pred.device.type, enabled=False):  # the comparison stays float32
+            return self.compare(as_float(pred_feats), as_float(target_feats)) * self.weight
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss (or per-image, ``reduction="none"``) between ``pred`` and ``target``."""

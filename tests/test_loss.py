@@ -84,8 +84,8 @@ def test_fused_matches_model_features(model, pair):
 
 def test_invalid_sizes_and_shapes(model):
     loss = EncodingLoss(model=model)
-    with pytest.raises(ValueError, match="4k\\+1|nearest valid"):
-        loss(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="at least 16"):
+        loss(torch.rand(1, 3, 15, 32), torch.rand(1, 3, 15, 32))
     with pytest.raises(ValueError, match="differ"):
         loss(torch.rand(1, 3, 33, 33), torch.rand(1, 3, 37, 37))
     with pytest.raises(ValueError, match="Nx3xHxW"):
@@ -273,3 +273,102 @@ def test_speed_choices_agree_and_keep_gradients(model, pair, monkeypatch):
     assert auto.speed_choice(p) is chosen  # cached for this shape
     assert auto(p, target).item() == pytest.approx(value0.item(), rel=0.05)
     speed.clear_cache()
+
+
+# --------------------------------------------------------------------------- a true drop-in
+
+
+@pytest.mark.parametrize("side", [(16, 16), (64, 64), (128, 96), (181, 181), (192, 192), (256, 250)])
+def test_any_size_from_16_px(model, side):
+    """The loss only encodes: any side >= 16 px, equal to the model's own any-size encoder pass."""
+    g = torch.Generator().manual_seed(2)
+    target = torch.rand(1, 3, *side, generator=g)
+    pred = (target + 0.05 * torch.randn(target.shape, generator=g)).clamp(0, 1).requires_grad_(True)
+    loss = EncodingLoss(model=model, layer_weights={"stage1": 1.0, "stage2": 0.5}, fuse=False, speed="fp32")
+    value = loss(pred, target)
+    value.backward()
+    assert value.ndim == 0 and torch.isfinite(value) and value > 0
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
+    with torch.no_grad():
+        ref = model.encoder_forward(pred.detach(), ("stage1", "stage2"))[1]
+        mine = loss.features(pred.detach())
+    for k in ("stage1", "stage2"):
+        torch.testing.assert_close(mine[k], ref[k])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_and_double_precision_inputs(model, pair, dtype):
+    loss = EncodingLoss(model=model, speed="fp32")
+    pred32, target32 = pair
+    ref = loss(pred32, target32)
+    pred = pred32.to(dtype).requires_grad_(True)
+    value = loss(pred, target32.to(dtype))
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert pred.grad is not None and pred.grad.dtype == dtype and torch.isfinite(pred.grad.float()).all()
+    tol = 1e-5 if dtype == torch.float64 else 0.05  # only the inputs' own rounding differs
+    assert abs(value.item() - ref.item()) <= tol * ref.item()
+
+
+def test_under_autocast(model, pair):
+    loss = EncodingLoss(model=model)
+    pred, target = pair
+    pred = pred.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(pred, target)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert abs(float(value) - float(loss(*pair))) <= 0.05 * float(value)
+    assert torch.isfinite(pred.grad).all()
+
+
+def test_integer_input_is_refused_with_the_conversion_rule(model, pair):
+    loss = EncodingLoss(model=model)
+    u8 = (pair[1] * 255).round().to(torch.uint8)
+    with pytest.raises(TypeError, match=r"uint8.*float\(\) / 255"):
+        loss(u8, u8)
+    with pytest.raises(TypeError, match="int64"):
+        loss(pair[0], u8.long())
+
+
+@pytest.mark.parametrize("normalize", ["instance", "channel", "none"])
+def test_no_nan_on_flat_images(model, normalize):
+    """A flat crop (white background, an untrained SR net's grey output) makes whole feature maps
+    constant: value and gradient stay finite."""
+    pred = torch.full((2, 3, 32, 32), 0.5, requires_grad=True)
+    target = torch.ones(2, 3, 32, 32)
+    for t in (target, pred.detach().clone()):
+        loss = EncodingLoss(model=model, layer_weights={k: 1.0 for k in STAGES}, normalize=normalize)
+        value = loss(pred, t)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(pred.grad).all()
+        pred.grad = None
+
+
+@pytest.mark.parametrize("gt_size", [128, 192, 256])
+def test_basicsr_recipe_loop(model, gt_size):
+    """The shape of BasicSR's SRModel.optimize_parameters: net_g(lq) -> output, pixel loss +
+    perceptual loss on (output, gt), backward, optimizer step; gt crops of gt_size px (x4)."""
+    from aeutils.sr import SRNet
+
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    net_g = SRNet(channels=8, n_blocks=1).to(device)
+    cri_pix = nn.L1Loss().to(device)
+    cri_perceptual = EncodingLoss(model=model, weight=0.1).to(device)
+    optimizer_g = torch.optim.Adam(net_g.parameters(), lr=1e-3)
+    net_g.train()
+    gt = torch.rand(2, 3, gt_size, gt_size, device=device)
+    lq = nn.functional.interpolate(gt, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
+    before = [p.detach().clone() for p in net_g.parameters()]
+    for _ in range(2):
+        optimizer_g.zero_grad()
+        output = net_g(lq)
+        assert output.shape == gt.shape
+        l_total = cri_pix(output, gt) + cri_perceptual(output, gt)
+        l_total.backward()
+        optimizer_g.step()
+        assert torch.isfinite(l_total)
+    assert not cri_perceptual.training  # net_g.train() never reaches the frozen loss
+    assert any(not torch.equal(a, b) for a, b in zip(before, net_g.parameters()))
+    assert all(p.grad is None for p in cri_perceptual.parameters())
