@@ -342,3 +342,19 @@ def test_resampled_scale_and_the_bf16_route(tmp_path: Path, syn: Path, region: n
     fast, _ = encode_image(shipped, img, core=256, precision="bf16")
     spread = exact.max() - exact.min()
     assert 0 < np.abs(fast - exact).max() < 0.05 * spread
+
+
+def test_slide_reads_decode_tiles_and_equal_openslide(syn: Path) -> None:
+    """encode reads tiled TIFF levels by decoding the tiles (aeutils.tiffread, verified at open) and gets
+    exactly read_scaled's (OpenSlide's) pixels, at a level as is, resampled, and at the slide's edge."""
+    from aeutils.scale import read_scaled, resolve_scale
+    from aeutils.slidemap import SlideSource
+
+    with open_slide(syn) as s:
+        for choice in (resolve_scale(s), resolve_scale(s, mpp=0.75), resolve_scale(s, level=1)):
+            src = SlideSource(s, choice)
+            assert src.reader.startswith("tile decoding") and src._tiles is not None
+            w, h = src.width, src.height
+            for box in ((37, 51, 300, 211), (w - 129, h - 77, 129, 77), (0, 0, w, h)):
+                assert np.array_equal(src.read(*box), read_scaled(s, choice, *box)), (choice.describe(), box)
+
