@@ -8,8 +8,9 @@ one file **only when it is verified** to give OpenSlide's pixels:
 * the file is one OpenSlide reads as ``aperio`` (.svs) or ``generic-tiff`` (tiled pyramidal .tif);
 * exactly one tiled, contiguous, 3-sample uint8 TIFF page has the level's dimensions as OpenSlide
   reports them;
-* two sample regions (around the most detailed tile, i.e. the one with the most compressed bytes, and
-  the bottom-right corner with its partial edge tiles) decode **bit-identically** to
+* two tile-sized sample regions straddling tile boundaries (from the most detailed tile, i.e. the one
+  with the most compressed bytes, into its neighbours; the bottom-right corner with its partial edge
+  tiles) decode **bit-identically** to
   ``OpenSlide.read_region(...).convert("RGB")``.
 
 No tolerance is allowed: on every file tried (the bench's JPEG pyramids, the bundled Aperio and
@@ -113,15 +114,16 @@ _FILES: dict[tuple[int, str], tuple[Any, int]] = {}  # (pid, path) -> (TiffFile,
 
 
 def _check_regions(r: TileReader) -> list[tuple[int, int, int, int]]:
-    """Level-pixel regions compared with OpenSlide: around the tile with the most bytes, and the
-    bottom-right corner (partial edge tiles)."""
+    """Level-pixel regions compared with OpenSlide, each one tile in size and straddling tile
+    boundaries: from the centre of the tile with the most bytes (the most detail) into its
+    neighbours, and the bottom-right corner (the partial edge tiles and the ones before them)."""
     counts = np.asarray(r._counts)
     big = int(np.argmax(counts))
     tx, ty = big % r._nx, big // r._nx
-    x0, y0 = max(0, tx * r.tw - r.tw // 2), max(0, ty * r.th - r.th // 2)
-    x1, y1 = min(r.width, (tx + 1) * r.tw + r.tw // 2), min(r.height, (ty + 1) * r.th + r.th // 2)
-    cw, ch = min(r.width, r.tw + r.tw // 2), min(r.height, r.th + r.th // 2)
-    return [(x0, y0, x1 - x0, y1 - y0), (r.width - cw, r.height - ch, cw, ch)]
+    cw, ch = min(r.width, r.tw), min(r.height, r.th)
+    x0 = min(max(0, tx * r.tw + r.tw // 2), r.width - cw)
+    y0 = min(max(0, ty * r.th + r.th // 2), r.height - ch)
+    return [(x0, y0, cw, ch), (r.width - cw, r.height - ch, cw, ch)]
 
 
 def _build(path: str, level: int, osr: Any) -> TileReader | str:
