@@ -188,3 +188,25 @@ def test_verification_never_breaks_the_callers_handle(tissue_tiff: Path, tmp_pat
     assert "verification read failed" in tiffread.why_not(bad, 0)
     got = _read_level(str(bad), 0, 1.0, 0, 0, 100, 80)
     np.testing.assert_array_equal(got, np.asarray(osr.read_region((0, 0), 0, (100, 80)).convert("RGB")))
+
+
+def test_thumbnails_masks_and_annotations_still_read_by_openslide(sample_slide_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only extraction's strip reads use the tile reader: the thumbnail, tissue mask and grid planning
+    (annotations included) and aeutils.slides reads never build one."""
+    from aeutils.patches import plan_slide
+    from aeutils.slides import open_slide
+
+    built = []
+    real_init = tiffread.TileReader.__init__
+
+    def counting(self, *a, **k):
+        built.append(a[0])
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(tiffread.TileReader, "__init__", counting)
+    plan = plan_slide(sample_slide_path, 128, 0, None)
+    with open_slide(sample_slide_path) as s:
+        s.thumbnail(256)
+        s.read_region(0, 0, 0, (64, 64))
+    assert plan.cells and built == []
