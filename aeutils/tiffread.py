@@ -137,6 +137,8 @@ def _build(path: str, level: int, osr: Any) -> TileReader | str:
         return f"OpenSlide vendor {vendor!r} is not a plain tiled TIFF"
     if not ds.is_integer():
         return f"level {level} downsample {ds:g} is not an integer (OpenSlide maps coordinates by division)"
+    if not hasattr(os, "pread"):  # Windows: OpenSlide reads
+        return "no os.pread on this platform"
     try:
         import tifffile
     except ImportError:
