@@ -22,6 +22,7 @@ patches of the bundled sample slide (crop ``--quality-crop``) and prints the val
 
     python bench/train_speed.py                       # CPU: batch 4, 1 warm-up + 5 repeats (a few minutes)
     python bench/train_speed.py --options --quality 150
+    python bench/train_speed.py --config n_blocks=1 widths=32,32,8 --batch-size 16 --quality 150   # shipped model
     python bench/train_speed.py --batch-size 64 --repeats 10 --steps 10 --peak-tflops 989   # on a GPU
     python bench/train_speed.py --smoke --options --quality 4   # tiny model: seconds (CI)
 
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quality", type=int, default=0, metavar="N",
                         help="also train N steps with fp32 and with the auto choice and compare validation PSNR")
     parser.add_argument("--quality-crop", type=int, default=61, help="crop of the --quality runs (default 61)")
+    parser.add_argument("--config", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="another architecture, as for python -m aeutils train (e.g. n_blocks=1 widths=32,32,8)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (bf16) TFLOP/s, for the share")
     parser.add_argument("--smoke", action="store_true", help="tiny model, batch 2, 2 repeats: a seconds-long check of the script")
     args = parser.parse_args(argv)
@@ -171,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = AutoencoderConfig(widths=(8, 8, 4), n_blocks=1)
         batch, steps, repeats, warmup = 2, 1, 2, 1
     else:
-        config = AutoencoderConfig()
+        from aeutils.train import parse_config
+
+        config = parse_config(args.config) or AutoencoderConfig()
         batch = args.batch_size or (64 if device.type == "cuda" else 4)
         steps, repeats, warmup = args.steps, args.repeats, args.warmup
 
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"device: {device} ({where}), torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f}")
     torch.manual_seed(0)
     plain_model = Autoencoder(config).to(device).train()
-    print(f"model: AutoencoderConfig({'smoke' if args.smoke else 'default'}) widths={config.widths} "
+    kind = "smoke" if args.smoke else ("--config" if args.config else "default")
+    print(f"model: AutoencoderConfig({kind}) widths={config.widths} "
           f"n_blocks={config.n_blocks}, {count_parameters(plain_model):,} parameters; "
           f"batch {batch}x3x{PATCH}x{PATCH}, {warmup} warm-up + {repeats} repeats x {steps} steps per arm")
 
