@@ -420,14 +420,19 @@ def load_patches(
 
 
 @lru_cache(maxsize=16)
-def _sample_cells(size: int, split: str, stride: int, slide: int = 0) -> tuple[tuple[int, int], ...]:
+def _sample_grid(size: int, stride: int, slide: int) -> tuple[tuple[int, int, str | None], ...]:
+    """Every tissue cell of a bundled slide's grid with its role: (x, y, role)."""
     from aeutils.patches import plan_grid
     from aeutils.slides import open_slide
 
     with open_slide(_bundled(slide)) as sl:
         height = sl.dimensions[1]
         cells = plan_grid(sl, patch_size=size, level=0, stride=stride, min_tissue=0.5)
-    return tuple((c.x, c.y) for c in cells if region_split(c.y, c.size, height) == split)
+    return tuple((c.x, c.y, region_split(c.y, c.size, height)) for c in cells)
+
+
+def _sample_cells(size: int, split: str, stride: int, slide: int = 0) -> tuple[tuple[int, int], ...]:
+    return tuple((x, y) for x, y, role in _sample_grid(size, stride, slide) if role == split)
 
 
 def _bundled(slide: int) -> Path:

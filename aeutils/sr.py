@@ -20,7 +20,7 @@ from aeutils.errors import TrainingError
 from aeutils.resample import bicubic_down, bicubic_up
 
 SCALE = 4
-LOSSES = ("mse", "mse+encoding")
+LOSSES = ("mse", "mse+encoding", "mse+content")
 #: weight of the EncodingLoss term in "mse+encoding": with the default EncodingLoss and the shipped model,
 #: bicubic x4 outputs of the sample slide score ~0.45 against ~0.009 pixel MSE, so with 0.03 the encoding
 #: term starts at ~1.5x the pixel term (same order, neither drowns the other)
@@ -117,6 +117,7 @@ def train_sr(
     encoding_weight: float = DEFAULT_ENCODING_WEIGHT,
     device: str | torch.device | None = None,
     log_every: int = 10,
+    content_loss: nn.Module | None = None,
 ) -> SRRun:
     """Train an :class:`SRNet` for ``steps`` Adam steps and return it (eval mode, on the CPU) with its log.
 
@@ -129,6 +130,9 @@ def train_sr(
             ``aeutils.data.sample_patches(n_patches, hr_size, split="train", seed=seed)``.
         encoding_loss: default ``EncodingLoss()`` (the shipped model), only for "mse+encoding".
         device: default :func:`aeutils.device.pick_device`.
+        content_loss: for ``"mse+content"``: any ``L(pred, target)`` content loss (an ImageNet
+            baseline of :mod:`aeutils.baselines`, an EncodingLoss), weighted by ``encoding_weight``
+            on the whole output (no 4k+1 crop).
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -142,7 +146,11 @@ def train_sr(
     if patches.ndim != 4 or patches.shape[-1] % SCALE or patches.shape[-2] % SCALE:
         raise ValueError(f"HR patches must be Nx3xSxS with S a multiple of {SCALE}, got {tuple(patches.shape)}")
     enc = None
-    if loss == "mse+encoding":
+    if loss == "mse+content":
+        if content_loss is None:
+            raise ValueError('loss="mse+content" needs content_loss=')
+        enc = content_loss.to(dev)
+    elif loss == "mse+encoding":
         if encoding_loss is None:
             from aeutils.loss import EncodingLoss
 
@@ -164,7 +172,7 @@ def train_sr(
         total = mse
         enc_value = torch.zeros(())
         if enc is not None:
-            enc_value = enc(encoder_crop(pred), encoder_crop(hr))
+            enc_value = enc(pred, hr) if loss == "mse+content" else enc(encoder_crop(pred), encoder_crop(hr))
             total = mse + encoding_weight * enc_value
         if not torch.isfinite(total):
             raise TrainingError(f"SR training ({loss}): non-finite loss at step {step}")

