@@ -116,7 +116,8 @@ def test_probe_on_a_real_model_leaves_weights_and_rng_alone(capsys: pytest.Captu
     rng = torch.get_rng_state()
     c = choose_speed(model, ReconstructionLoss(), (2, 3, 21, 21), CPU, force="probe")
     assert c.source == "probe" and set(c.rates) == set(CANDIDATES) and c.name in CANDIDATES
-    assert all(r > 0 for r in c.rates.values()) and c.probe_seconds > 0
+    # 0 = screened out on the one-image slice (legitimate on a loaded machine); the baseline always runs
+    assert c.rates["fp32"] > 0 and all(r >= 0 for r in c.rates.values()) and c.probe_seconds > 0
     assert c.rates[c.name] >= c.rates["fp32"]  # never a slower path than the baseline
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
