@@ -14,11 +14,15 @@ Modules (each one idea):
     metrics     per-image PSNR and SSIM (torchmetrics)
     train       the trainer (the ``train`` command), single GPU / CPU / torchrun DDP
     viz         encoding views, figure grids, the ipywidgets explorer (the ``figures`` command)
+    slidemap    whole-slide encoding maps as pyramidal TIFFs (the ``encode`` command)
+    slide_explorer  the slide-level ipywidgets explorer linked to an encoding map
     loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
     sensitivity evidence: a loss's response to lost detail vs to nuisances
     sr          a small x4 super-resolution demo trained with or without EncodingLoss
     resample    bicubic down/up scaling shared by sr and sensitivity
     device      one helper that picks cuda > mps > cpu
+    speed       the fastest way to run a model here (fp32 / channels_last / bf16 autocast), chosen by measurement
+    tiffread    tiled TIFF/SVS strips decoded straight from the tiles, where verified identical to OpenSlide
     io          atomic file writes
     sample      the bundled sample slides (CMU skin, prostate), checksum-verified
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m aeutils {extract,train,figures,manifest} ...``.
+"""Command line: ``python -m aeutils {extract,manifest,train,encode,figures} ...``.
 
 Each command lives in its own module, imported only when that command runs (so ``extract`` never
 imports torch). A command module provides::
