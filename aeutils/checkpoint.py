@@ -6,12 +6,15 @@ A checkpoint is a ``torch.save`` of plain data only (dicts, lists, strings, numb
      "config": AutoencoderConfig.to_dict(),
      "model": state_dict,
      "digest": sha256 of the weights (names, dtypes, shapes, bytes),
+     "state_digest": sha256 of config, meta and train_state (what a resume restores besides the weights),
      "meta": {"epoch", "metrics", "normalisation", "versions", "created", ...},
      "train_state": {optimizer, scaler, scheduler, rng, ...} or absent}
 
 It is written atomically (temp file + rename: a crash leaves the old file) and always loaded with
 ``weights_only=True``, so a pickle payload is refused, never executed. The model is rebuilt from
-the stored config; the weights are checked against their digest, so flipped bytes are caught too.
+the stored config; the weights are checked against their digest and everything else (config, meta,
+optimiser / scaler / scheduler / RNG state) against ``state_digest``, so a flipped byte anywhere a
+resume reads is caught too.
 """
 from __future__ import annotations
 
@@ -90,6 +93,36 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def data_digest(obj: Any) -> str:
+    """sha256 (hex) of plain data and tensors (dicts by sorted key repr, lists, tuples, numbers,
+    strings, tensors by dtype, shape and bytes): equal for a payload and its ``torch.load`` round trip."""
+    h = hashlib.sha256()
+
+    def feed(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}|".encode())
+            for k in sorted(o, key=repr):
+                h.update(f"{k!r}:".encode())
+                feed(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__}{len(o)}|".encode())
+            for v in o:
+                feed(v)
+        else:
+            h.update(f"{type(o).__name__}|{o!r}|".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def _state_part(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: payload.get(k) for k in ("config", "meta", "train_state")}
+
+
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.device)
 
 
@@ -155,6 +188,7 @@ def save_checkpoint(
     }
     if train_state:
         payload["train_state"] = _plain(dict(train_state), "train_state")
+    payload["state_digest"] = data_digest(_state_part(payload))
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)
@@ -247,6 +281,12 @@ def load_checkpoint(
     digest = payload.get("digest")
     if digest is not None and digest != weights_digest(state):
         raise CheckpointError(f"{p}: corrupt checkpoint: the weights do not match their stored sha256 digest")
+    stored_state = payload.get("state_digest")  # absent in checkpoints written before it existed
+    if stored_state is not None and stored_state != data_digest(_state_part(payload)):
+        raise CheckpointError(
+            f"{p}: corrupt checkpoint: its config, metadata or training state (optimiser, scaler, "
+            f"scheduler, RNG) do not match their stored sha256 digest"
+        )
     model.load_state_dict(state)
     model.to(map_location).eval()
     return Checkpoint(model, stored, dict(payload.get("meta", {})), dict(payload.get("train_state", {})), p)

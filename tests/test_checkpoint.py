@@ -308,3 +308,40 @@ def test_resolve_model_passes_models_through_and_loads_paths_or_the_shipped_mode
         resolve_model(tmp_path / "gone.pt")
     with pytest.raises(TypeError, match="checkpoint path"):
         resolve_model(42)  # type: ignore[arg-type]
+
+
+def _entry_offset(data: bytes, info: zipfile.ZipInfo) -> int:
+    """Where a stored (uncompressed) zip entry's bytes start: after its local header."""
+    h = info.header_offset
+    name_len = int.from_bytes(data[h + 26 : h + 28], "little")
+    extra_len = int.from_bytes(data[h + 28 : h + 30], "little")
+    return h + 30 + name_len + extra_len
+
+
+def test_a_flipped_byte_in_any_stored_tensor_is_caught(tmp_path: Path) -> None:
+    """Not just the weights: the optimiser, scheduler and RNG state a resume restores are covered too
+    (one flipped byte in the middle of each stored tensor, one file per tensor)."""
+    from aeutils.train import Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(Autoencoder(SMALL), device="cpu", total_steps=10)
+    trainer.step(torch.rand(2, 3, 17, 17))
+    state = trainer.state_dict()
+    state.update(epoch=1)
+    good = save_checkpoint(tmp_path / "last.pt", trainer.module, train_state=state, epoch=1)
+    loaded = load_checkpoint(good)  # the untouched file loads, optimiser state and all
+    assert set(loaded.train_state["optimizer"]["state"]) and loaded.train_state["epoch"] == 1
+    data = good.read_bytes()
+    with zipfile.ZipFile(good) as zf:
+        entries = [i for i in zf.infolist() if "/data/" in i.filename and i.file_size and i.compress_type == zipfile.ZIP_STORED]
+    weights = {k for k in loaded.model.state_dict()}
+    assert len(entries) > len(weights)  # optimiser moments and RNG states are stored tensors too
+    for n, info in enumerate(entries):
+        at = _entry_offset(data, info) + info.file_size // 2
+        bad = bytearray(data)
+        bad[at] ^= 0x01
+        path = tmp_path / f"flip{n}.pt"
+        path.write_bytes(bytes(bad))
+        with pytest.raises(CheckpointError, match=r"flip\d+\.pt: corrupt checkpoint.*digest"):
+            load_checkpoint(path)
+        path.unlink()
