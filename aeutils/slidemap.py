@@ -228,7 +228,10 @@ def _read_jobs(source: Any, grid: TileGrid, todo: Sequence[tuple[int, int]], run
 #: bytes the widest encoder activation of one batch may take (float32), per device type. On the CPU a
 #: batch must stay cache-sized: measured on 2 EPYC cores (shipped model, fp32), one 576 px tile ran at
 #: 5.0 Mpx/s, a batch of four 1.4, and one 1096 px tile 1.25 (its 38 MB stage-1 activation spills
-#: the cache). On a GPU, big batches fill the device (the peak is a few times this).
+#: the cache). Cores of 768 px (832 px tiles, 22 MB at stage 1) still fit: end to end on a sparse
+#: 62 Mpx slide (bench/encode_slide.py's, 2 interleaved runs each, load ~5.5) they took 14.3 s CPU vs
+#: 17.1 s for 512 px cores (fp32; 0.73 vs 1.02 CPU s per encoded Mpx: 17 % overlap instead of 27 %,
+#: half the tiles' fixed costs). On a GPU, big batches fill the device (the peak is a few times this).
 ACTIVATION_BUDGET = {"cpu": 16 * 2**20, "cuda": 1024 * 2**20}
 
 
@@ -647,7 +650,7 @@ def encode_slide(
     low: float = 2.0,
     high: float = 98.0,
     reconstruction: bool = False,
-    core: int = 512,
+    core: int = 768,
     run: int = 8,
     batch_size: int | None = None,
     precision: str | None = None,
@@ -870,8 +873,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="percentiles of the stretch view (default 2 98)")
     parser.add_argument("--reconstruction", action="store_true",
                         help="also write <slide>.reconstruction.tiff, the decoded RGB at the input scale")
-    parser.add_argument("--tile", type=int, default=512,
-                        help="tile core in input px, a multiple of 256 (512: cache-sized on the CPU; larger on a GPU)")
+    parser.add_argument("--tile", type=int, default=768,
+                        help="tile core in input px, a multiple of 256 (default 768: cache-sized on the CPU; larger on a GPU)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="tiles per forward pass (default: 1 on the CPU, as many as fit 1 GiB on a GPU)")
     parser.add_argument("--precision", choices=("auto", "fp32", "channels_last", "bf16", "channels_last+bf16"),

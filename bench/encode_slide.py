@@ -238,10 +238,11 @@ def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def run_bench(slide: Path, out: Path, *, core: int = 512, precision: str | None = None,
+def run_bench(slide: Path, out: Path, *, core: int | None = None, precision: str | None = None,
               repeats: int = 2) -> BenchResult:
     """Time the three arms on ``slide`` (level 0), interleaved ``repeats`` times (A B C, C B A, ...)
-    so that load from other processes hits each arm alike; the encode arm writes under ``out``.
+    so that load from other processes hits each arm alike; the encode arm writes under ``out``
+    (``core``: encode's tile core, default encode's own).
     Seconds are means over the repeats (wall and CPU)."""
     import torch
 
@@ -266,7 +267,8 @@ def run_bench(slide: Path, out: Path, *, core: int = 512, precision: str | None 
     def ours() -> None:
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        res = encode_slide(slide, out, model=model, core=core, precision=precision, progress=False, log=lambda _: None)
+        kw = {} if core is None else {"core": core}
+        res = encode_slide(slide, out, model=model, precision=precision, progress=False, log=lambda _: None, **kw)
         info["runs"].append(time.perf_counter() - t0)
         info["speeds"].append(res.speed)
         info["tiles"], info["mpx"], info["reader"] = res.tiles, res.megapixels, res.reader
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
                    help="instead: bench/extract.py's dense X x Y tiling of the sample (almost all tissue)")
     p.add_argument("--slide", type=Path, default=None, help="use this slide instead of building one")
     p.add_argument("--precision", default=None, help="force a speed candidate (default: measured)")
+    p.add_argument("--tile", type=int, default=None, help="encode's tile core in px (default: encode's, 768)")
     p.add_argument("--out", type=Path, default=OUT, help="folder for the cached slide and the map (bench/out)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved runs of each arm, averaged (2; smoke 1)")
     args = p.parse_args(argv)
@@ -322,7 +325,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
         canvas, pieces = ((2560, 3072), 1) if args.smoke else (tuple(args.canvas), args.pieces)
         slide = build_sparse_slide(args.out / f"bench_sparse_{canvas[0]}x{canvas[1]}_{pieces}.tiff", canvas, pieces)
     result = run_bench(slide, args.out / ("encode_smoke" if args.smoke else "encode_run"), precision=args.precision,
-                       repeats=1 if args.smoke else args.repeats)
+                       repeats=1 if args.smoke else args.repeats, core=args.tile)
     print(result.report())
     return result
 
