@@ -2,14 +2,21 @@
 
     python -m aeutils train PATCHES_DIR --out RUN_DIR [--epochs 10] [--batch-size 16] [--crop 181]
         [--lr 2e-3] [--config n_blocks=2 widths=32,32,8] [--ssim 0.2] [--time-budget 45m] [--resume]
+    # rerunning the same command continues the run (after Ctrl-C or a --time-budget stop);
+    # --resume continues it with changed settings (e.g. more --epochs)
     torchrun --nproc_per_node 4 -m aeutils train PATCHES_DIR --out RUN_DIR ...   # DDP
 
 The same as a function: :func:`train`. The pieces are reusable: :class:`ReconstructionLoss`
 (MSE + optional L1 / SSIM / VGG terms), :func:`make_train_step` (one optimisation step with
 channels_last / mixed precision) and :class:`Trainer` (model + optimiser + scaler + LR schedule,
-``.step(batch)``, ``.evaluate(...)``, ``.state_dict()`` for exact resume).
+``.step(batch)``, ``.evaluate(...)``, ``.state_dict()`` for exact resume). ``callbacks`` of
+:func:`train` see every epoch (:class:`TrainEvent`). Every patch is checked before the first epoch
+(validation ones decoded, training ones structure-checked), so a corrupt file costs no training.
 
-Run folder: ``last.pt`` and ``best.pt`` (atomic :mod:`aeutils.checkpoint` files with the training
+The knobs live in one :class:`TrainConfig` (validated when it is made; the CLI builds the same
+object from its flags): ``train(patches, out, TrainConfig(epochs=130, ...))``, or keywords
+``train(patches, out, epochs=130)``. Run folder: ``config.json`` (the TrainConfig and the patch
+folder: the run is reproducible from it), ``last.pt`` and ``best.pt`` (atomic :mod:`aeutils.checkpoint` files with the training
 state: optimiser, grad scaler, LR scheduler, epoch, step, torch/numpy/python RNG), ``log.csv`` (one
 row per epoch, rewritten atomically), ``tensorboard/`` (``tensorboard --logdir RUN_DIR``).
 
@@ -37,7 +44,8 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -46,7 +54,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from aeutils.checkpoint import load_checkpoint, save_checkpoint, weights_digest
+from aeutils.checkpoint import load_checkpoint, save_checkpoint
 from aeutils.data import PatchDataset, read_image
 from aeutils.device import pick_device
 from aeutils.errors import TrainingError
@@ -57,6 +65,8 @@ from aeutils.patches import default_workers
 from aeutils.speed import Choice, candidate_name, copy_for, training_choice
 
 __all__ = [
+    "TrainConfig",
+    "TrainEvent",
     "ReconstructionLoss",
     "make_train_step",
     "choose_speed",
@@ -65,15 +75,16 @@ __all__ = [
     "train",
     "parse_config",
     "parse_duration",
+    "config_from_args",
+    "read_run_config",
     "rng_state",
     "set_rng_state",
     "add_cli_arguments",
     "run_cli",
 ]
 
-#: env var: when set, each DDP rank writes ``rank<r>.digest`` (sha256 of its weights) in the run folder
-DIGEST_ENV = "MSCOPY_DEBUG_RANK_DIGEST"
 LOG_NAME = "log.csv"
+CONFIG_NAME = "config.json"
 
 
 # --------------------------------------------------------------------------- loss
@@ -573,118 +584,357 @@ def _val_batches(ds: Any, batch_size: int) -> Iterable[torch.Tensor]:
         yield torch.stack([ds[j] for j in range(i, min(len(ds), i + batch_size))])
 
 
-def _check_options(
-    *, crop: int, val_limit: int | None, workers: int | None, max_steps: int | None, lr: float, weight_decay: float,
-    warmup_steps: int | None, stain_jitter: float,
-) -> None:
-    """One-line :class:`TrainingError` (named by the CLI option) for a value the run cannot use,
-    before any process group or data is touched."""
-    if crop < 5 or crop % 4 != 1:
-        lo, hi = nearest_valid_sizes(crop)
-        near = f"{lo}, {hi}" if lo != hi else f"{lo}"
-        raise TrainingError(f"--crop {crop}: training crops must be 4k+1 px, at least 5 (nearest: {near})")
-    for flag, value, low in (
-        ("--val-limit", val_limit, 0), ("--workers", workers, 0), ("--max-steps", max_steps, 1),
-        ("--warmup-steps", warmup_steps, 0),
-    ):
-        if value is not None and value < low:
-            raise TrainingError(f"{flag} {value}: must be >= {low}" + (" (0: all patches)" if flag == "--val-limit" else ""))
-    for flag, fvalue, strict in (("--lr", lr, True), ("--weight-decay", weight_decay, False), ("--stain-jitter", stain_jitter, False)):
-        if not math.isfinite(fvalue) or fvalue < 0 or (strict and fvalue == 0):
-            raise TrainingError(f"{flag} {fvalue:g}: must be {'> 0' if strict else '>= 0'}")
+#: TrainConfig fields that say how long / where / how loudly a run goes, not what it trains: a run
+#: folder may be continued with other values of these (``resume="auto"`` compares only the rest)
+RUNTIME_FIELDS = ("resume", "device", "workers", "max_steps", "time_budget", "progress", "verbose", "log_every",
+                  "print_every")
 
 
-def train(
-    patches_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    epochs: int = 10,
-    batch_size: int = 16,
-    crop: int = 181,
-    lr: float = 2e-3,
-    weight_decay: float = 0.0,
-    config: AutoencoderConfig | None = None,
-    resume: bool | str = False,
-    mse: float = 1.0,
-    l1: float = 0.0,
-    ssim: float = 0.0,
-    vgg: float = 0.0,
-    vgg_weights: str | os.PathLike[str] | None = None,
-    stain_jitter: float = 0.0,
-    device: str | torch.device | None = None,
-    workers: int | None = None,
-    seed: int = 0,
-    max_steps: int | None = None,
-    time_budget: float | None = None,
-    val_limit: int | None = 256,
-    schedule: str = "cosine",
-    warmup_steps: int | None = None,
-    channels_last: bool | None = None,
-    amp: bool | None = None,
-    log_every: int = 10,
-    progress: bool = True,
-    verbose: bool = True,
-) -> TrainResult:
-    """Train an :class:`Autoencoder` on the patches in ``patches_dir`` (an extraction output or an
-    image folder; split as in :mod:`aeutils.data`), writing checkpoints and logs to ``out_dir``.
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of :func:`train`, checked when made (one-line :class:`TrainingError` named by the
+    CLI option). Saved as ``config.json`` in the run folder (:meth:`to_dict` / :meth:`from_dict`).
 
     Args:
         epochs: total epochs (also when resuming). batch_size: per process. crop: training crop
             side in pixels (4k+1; random position); validation uses the whole (4k+1) patch.
         lr, weight_decay, schedule, warmup_steps: AdamW and its LR schedule (cosine over
             ``epochs``, warmup default min(200, 5 %) of the steps).
-        config: the architecture (default :class:`AutoencoderConfig` ()); a resumed run uses the
+        architecture: the model (default :class:`AutoencoderConfig` ()); a resumed run uses the
             checkpoint's and refuses a different one.
-        resume: continue from ``out_dir/last.pt``; without it an existing ``last.pt`` is an error.
-            ``"auto"``: resume if ``last.pt`` exists, else start (handy in notebooks).
+        resume: False: an existing ``last.pt`` is an error; True: continue ``out/last.pt`` (other
+            settings may change, e.g. more epochs); ``"auto"``: continue if the folder holds a run
+            whose ``config.json`` matches this one (all but :data:`RUNTIME_FIELDS`), start if it is
+            empty, error naming the differences otherwise.
         mse, l1, ssim, vgg, vgg_weights: loss weights (:class:`ReconstructionLoss`).
         stain_jitter: HED jitter strength for training augmentation (0: off).
         device: default :func:`aeutils.device.pick_device`. workers: DataLoader processes.
-        max_steps, time_budget: optional stops (total optimiser steps; seconds of this call).
+        seed: initial weights, shuffling and augmentation.
+        max_steps, time_budget: optional stops (total optimiser steps; seconds of this call, or a
+            string "90s", "45m", "1.5h").
         val_limit: validate on at most this many patches (evenly spaced; None: all).
         channels_last, amp: speed options; True/False force one; None (default): on CUDA both on (amp:
             bf16, or fp16 + GradScaler); on the CPU measured once per run (:func:`choose_speed`,
             skipped where the probe would cost more than 5 % of the run) and reused on resume.
-        progress: tqdm bars; verbose: one summary line per epoch (rank 0 only).
+        log_every: TensorBoard step-loss interval (steps). progress: tqdm bars. verbose: printed
+            lines (rank 0 only); print_every: an epoch line every N epochs (and the first and last;
+            None: about 20 lines per run). The full log is ``log.csv`` and TensorBoard.
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    crop: int = 181
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    architecture: AutoencoderConfig | None = None
+    resume: bool | str = False
+    mse: float = 1.0
+    l1: float = 0.0
+    ssim: float = 0.0
+    vgg: float = 0.0
+    vgg_weights: str | None = None
+    stain_jitter: float = 0.0
+    device: str | None = None
+    workers: int | None = None
+    seed: int = 0
+    max_steps: int | None = None
+    time_budget: float | None = None
+    val_limit: int | None = 256
+    schedule: str = "cosine"
+    warmup_steps: int | None = None
+    channels_last: bool | None = None
+    amp: bool | None = None
+    log_every: int = 10
+    progress: bool = True
+    verbose: bool = True
+    print_every: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalise once, here
+        if isinstance(self.time_budget, str):
+            set_("time_budget", parse_duration(self.time_budget))
+        if isinstance(self.architecture, dict):
+            set_("architecture", _architecture(self.architecture))
+        if isinstance(self.vgg_weights, os.PathLike):
+            set_("vgg_weights", os.fspath(self.vgg_weights))
+        if isinstance(self.device, torch.device):
+            set_("device", str(self.device))
+        self._check()
+
+    def _check(self) -> None:
+        """One-line :class:`TrainingError` (named by the CLI option) for a value the run cannot use."""
+        for flag, value, kind in (
+            ("--epochs", self.epochs, int), ("--batch-size", self.batch_size, int), ("--crop", self.crop, int),
+            ("--seed", self.seed, int), ("--log-every", self.log_every, int),
+        ):
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise TrainingError(f"{flag} {value!r}: expected an integer")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TrainingError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        crop = self.crop
+        if crop < 5 or crop % 4 != 1:
+            lo, hi = nearest_valid_sizes(crop)
+            near = f"{lo}, {hi}" if lo != hi else f"{lo}"
+            raise TrainingError(f"--crop {crop}: training crops must be 4k+1 px, at least 5 (nearest: {near})")
+        for flag, value, low in (
+            ("--val-limit", self.val_limit, 0), ("--workers", self.workers, 0), ("--max-steps", self.max_steps, 1),
+            ("--warmup-steps", self.warmup_steps, 0), ("--print-every", self.print_every, 1),
+            ("--log-every", self.log_every, 1),
+        ):
+            if value is not None and value < low:
+                raise TrainingError(f"{flag} {value}: must be >= {low}" + (" (0: all patches)" if flag == "--val-limit" else ""))
+        for flag, fvalue, strict in (
+            ("--lr", self.lr, True), ("--weight-decay", self.weight_decay, False),
+            ("--stain-jitter", self.stain_jitter, False), ("--mse", self.mse, False), ("--l1", self.l1, False),
+            ("--ssim", self.ssim, False), ("--vgg", self.vgg, False),
+        ):
+            if isinstance(fvalue, bool) or not isinstance(fvalue, (int, float)):
+                raise TrainingError(f"{flag} {fvalue!r}: expected a number")
+            if not math.isfinite(fvalue) or fvalue < 0 or (strict and fvalue == 0):
+                raise TrainingError(f"{flag} {fvalue:g}: must be {'> 0' if strict else '>= 0'}")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise TrainingError(f"--time-budget {self.time_budget!r}: must be > 0 seconds")
+        if self.schedule not in ("cosine", "constant"):
+            raise TrainingError(f"--schedule {self.schedule!r}: must be 'cosine' or 'constant'")
+        if self.resume not in (True, False, "auto"):
+            raise TrainingError(f"resume {self.resume!r}: must be True, False or 'auto'")
+        if self.architecture is not None and not isinstance(self.architecture, AutoencoderConfig):
+            raise TrainingError(f"architecture: expected an AutoencoderConfig, got {type(self.architecture).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (the architecture as its dict, None for the default)."""
+        d = asdict(self)
+        d["architecture"] = self.architecture.to_dict() if self.architecture is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`TrainingError` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TrainingError(f"unknown training settings {unknown} (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def recipe(self) -> dict[str, Any]:
+        """What the run trains (all but :data:`RUNTIME_FIELDS`), the architecture spelled out."""
+        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        d["architecture"] = (self.architecture or AutoencoderConfig()).to_dict()
+        return d
+
+    def run_name(self, prefix: str = "ae") -> str:
+        """A folder name for this recipe: ``ae-<10 hex of its sha256>`` (changing any trained-on
+        setting, e.g. epochs or the architecture, gives another folder; a time budget does not)."""
+        import hashlib
+
+        text = json.dumps(self.recipe(), sort_keys=True, default=list)
+        return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` (validated again)."""
+        return replace(self, **changes)
+
+
+def _architecture(data: dict[str, Any], where: str = "architecture") -> AutoencoderConfig:
+    """An AutoencoderConfig from a dict, its values checked against the field types first (so
+    ``n_blocks="abc"`` names the key and the type instead of failing deep inside)."""
+    hints = typing.get_type_hints(AutoencoderConfig)
+    known = {f.name for f in fields(AutoencoderConfig)}
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise TrainingError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        clean[key] = _typed(key, value, hints[key], where)
+    try:
+        return AutoencoderConfig.from_dict(clean)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"{where}: {exc}") from None
+
+
+def _typed(key: str, value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the type ``hint`` of an AutoencoderConfig field, or a TrainingError naming both."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def bad(expected: str) -> TrainingError:
+        return TrainingError(f"{where}: {key}={value!r}: expected {expected}")
+
+    if origin is tuple:
+        inner = args[0]
+        n = len(args) if args[-1] is not Ellipsis else None
+        items = list(value) if isinstance(value, (list, tuple)) else None
+        word = {int: "integers", float: "numbers"}.get(inner, inner.__name__)
+        expected = f"{n if n else 'some'} comma-separated {word}"
+        if items is None or (n is not None and len(items) != n):
+            raise bad(expected)
+        return tuple(_typed(key, v, inner, where) if not isinstance(v, (list, tuple)) else _raise(bad(expected)) for v in items)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    return value
+
+
+def _raise(exc: BaseException) -> Any:
+    raise exc
+
+
+def write_run_config(out: Path, patches_dir: Path, config: TrainConfig) -> Path:
+    """``out/config.json`` (atomic): the patch folder and the TrainConfig, so the run is reproducible."""
+    data = {"patches_dir": str(patches_dir), **config.to_dict()}
+    return atomic_write_text(out / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
+    """``(patches_dir, TrainConfig)`` from a run folder's ``config.json``; TrainingError naming the file if unreadable."""
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+        patches = Path(data.pop("patches_dir"))
+        return patches, TrainConfig.from_dict(data)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no such run config") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"{path}: not a run config ({exc})") from None
+
+
+def _differences(old: TrainConfig, new: TrainConfig) -> list[str]:
+    a, b = old.recipe(), new.recipe()
+    return [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in b if a.get(k) != b.get(k)]
+
+
+@dataclass
+class TrainEvent:
+    """What a :func:`train` callback is given: ``kind`` "epoch" (rank 0, after the epoch's
+    checkpoint; ``row`` is its log row) or "end" (every rank, before the run returns), the epoch
+    number (1-based, finished epochs), this process's ``rank``, the :class:`Trainer` and the run folder."""
+
+    kind: str
+    epoch: int
+    rank: int
+    trainer: "Trainer"
+    out_dir: Path
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_manifest(patches_dir: Path) -> None:
+    """A manifest that lists no patches (header only) is said so, before the data module looks for images."""
+    manifest = patches_dir if patches_dir.name == "manifest.csv" else patches_dir / "manifest.csv"
+    if manifest.is_file():
+        from aeutils.manifest import read_manifest
+
+        if not read_manifest(manifest):
+            raise TrainingError(f"no patches listed in {manifest} (an extraction that found no tissue? rerun extract)")
+
+
+def _check_images(train_ds: Any, val_ds: Any) -> None:
+    """Every image checked before the first epoch, so a bad file does not cost an epoch: the
+    validation patches this run uses are decoded (they are read every epoch anyway), the training
+    ones structure-checked (PIL ``verify``: chunks and CRCs, no decoding). PatchError names the file."""
+    from PIL import Image
+
+    from aeutils.errors import PatchError
+
+    for i in range(len(val_ds)):
+        val_ds[i]
+    for rec in train_ds.records:
+        try:
+            with Image.open(rec.path) as im:
+                im.verify()
+        except FileNotFoundError:
+            raise PatchError(f"{rec.path}: patch image is missing") from None
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+            raise PatchError(f"{rec.path}: corrupt or unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def train(
+    patches_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: TrainConfig | AutoencoderConfig | None = None,
+    *,
+    callbacks: Sequence[Callable[[TrainEvent], None]] = (),
+    **overrides: Any,
+) -> TrainResult:
+    """Train an :class:`Autoencoder` on the patches in ``patches_dir`` (an extraction output or an
+    image folder; split as in :mod:`aeutils.data`), writing ``config.json``, checkpoints and logs to
+    ``out_dir``.
+
+    ``config``: a :class:`TrainConfig` (every knob; default ``TrainConfig()``); ``overrides``: its
+    fields as keywords (``train(p, out, epochs=3)``, or on top of ``config``). An
+    :class:`AutoencoderConfig` as ``config`` is taken as the architecture (the older keyword form).
+    ``callbacks``: functions of a :class:`TrainEvent`, called after each epoch (rank 0) and at the end
+    (every rank).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel with a
     DistributedSampler; only rank 0 validates and writes. Raises :class:`TrainingError` for no
-    data, an existing run without ``resume``, or a NaN/inf loss (the last good checkpoint is kept).
+    data, an existing run without ``resume`` (or a different one with ``resume="auto"``), or a
+    NaN/inf loss (the last good checkpoint is kept); :class:`~aeutils.errors.PatchError` for a corrupt
+    patch, found before the first epoch.
     """
     started = time.perf_counter()
-    _check_options(
-        crop=crop, val_limit=val_limit, workers=workers, max_steps=max_steps, lr=lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, stain_jitter=stain_jitter,
-    )
+    if isinstance(config, AutoencoderConfig):
+        overrides.setdefault("architecture", config)
+        config = None
+    if "config" in overrides:  # train(p, out, config=AutoencoderConfig(...), epochs=...) as before
+        arch = overrides.pop("config")
+        if isinstance(arch, TrainConfig):
+            config = arch
+        else:
+            overrides.setdefault("architecture", arch)
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig or an AutoencoderConfig, got {type(config).__name__}")
+    try:
+        cfg = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    except TypeError as exc:  # an unknown keyword
+        raise TypeError(f"train(): {exc}") from None
     patches_dir, out = Path(patches_dir), Path(out_dir)
-    device = _rank_device(device)
+    device = _rank_device(cfg.device)
     rank, world, own_group = _dist_setup(device)
     try:
-        return _train(**locals())
+        return _train(cfg, patches_dir=patches_dir, out=out, device=device, started=started, rank=rank, world=world,
+                      callbacks=tuple(callbacks))
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(  # noqa: C901 - one linear procedure reads best
-    *, patches_dir: Path, out: Path, epochs: int, batch_size: int, crop: int, lr: float, weight_decay: float,
-    config: AutoencoderConfig | None, resume: bool | str, mse: float, l1: float, ssim: float, vgg: float,
-    vgg_weights: Any, stain_jitter: float, device: torch.device, workers: int | None, seed: int, max_steps: int | None,
-    time_budget: float | None, val_limit: int | None, schedule: str, warmup_steps: int | None,
-    channels_last: bool | None, amp: bool | None, log_every: int, progress: bool, verbose: bool, started: float, rank: int,
-    world: int, own_group: bool, out_dir: Any,
+    cfg: TrainConfig, *, patches_dir: Path, out: Path, device: torch.device, started: float, rank: int, world: int,
+    callbacks: tuple[Callable[[TrainEvent], None], ...],
 ) -> TrainResult:
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+    epochs, batch_size, crop, lr, weight_decay = cfg.epochs, cfg.batch_size, cfg.crop, cfg.lr, cfg.weight_decay
+    stain_jitter, seed, max_steps, time_budget, val_limit = cfg.stain_jitter, cfg.seed, cfg.max_steps, cfg.time_budget, cfg.val_limit
+    channels_last, amp, log_every, progress, verbose = cfg.channels_last, cfg.amp, cfg.log_every, cfg.progress, cfg.verbose
+    config = cfg.architecture
     last, best = out / "last.pt", out / "best.pt"
+    resume = cfg.resume
     if resume == "auto":
+        if last.exists() and (out / CONFIG_NAME).exists():
+            diff = _differences(read_run_config(out)[1], cfg)
+            if diff:
+                raise TrainingError(
+                    f"{out}: already holds a run with other settings ({'; '.join(diff)}); pass --resume to "
+                    f"continue it with these, or choose another --out"
+                )
         resume = last.exists()
-    if epochs < 1 or batch_size < 1:
-        raise TrainingError(f"epochs and batch size must be >= 1 (got {epochs}, {batch_size})")
     if last.exists() and not resume:
         raise TrainingError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
     if resume and not last.exists():
         raise TrainingError(f"{last}: nothing to resume (no last.pt in the run folder)")
+    _check_manifest(patches_dir)
     dev: torch.device = device  # chosen in train() before the process group
 
     # data
@@ -699,8 +949,10 @@ def _train(  # noqa: C901 - one linear procedure reads best
         val_ds = Subset(val_full, np.linspace(0, len(val_full) - 1, val_limit).round().astype(int).tolist())
     steps_per_epoch = len(train_ds) // (batch_size * world)
     total = epochs * steps_per_epoch
-    warmup = min(200, total // 20) if warmup_steps is None else warmup_steps
-    n_workers = _default_workers(dev, world) if workers is None else workers
+    warmup = min(200, total // 20) if cfg.warmup_steps is None else cfg.warmup_steps
+    n_workers = _default_workers(dev, world) if cfg.workers is None else cfg.workers
+    _check_images(train_ds, val_ds)  # a corrupt patch is found now, not after an epoch of training
+    print_every = cfg.print_every or max(1, math.ceil(epochs / 20))
 
     # model + trainer (identical initial weights on every rank; DDP also broadcasts rank 0's)
     ckpt = None
@@ -713,7 +965,7 @@ def _train(  # noqa: C901 - one linear procedure reads best
     model = Autoencoder(config or AutoencoderConfig())
     if ckpt is not None:
         model.load_state_dict(ckpt.model.state_dict())
-    loss = ReconstructionLoss(mse=mse, l1=l1, ssim=ssim, vgg=vgg, vgg_weights=vgg_weights)
+    loss = ReconstructionLoss(mse=cfg.mse, l1=cfg.l1, ssim=cfg.ssim, vgg=cfg.vgg, vgg_weights=cfg.vgg_weights)
     choice = _run_speed(
         ckpt, model, loss, dev, batch_size=batch_size, crop=crop, channels_last=channels_last, amp=amp, lr=lr,
         weight_decay=weight_decay, remaining=max(0, (min(total, max_steps) if max_steps else total) - (
@@ -722,7 +974,7 @@ def _train(  # noqa: C901 - one linear procedure reads best
     )
     trainer = Trainer(
         model, lr=lr, weight_decay=weight_decay, loss=loss, device=dev, channels_last=channels_last, amp=amp,
-        total_steps=total, warmup_steps=warmup, schedule=schedule, speed=choice,
+        total_steps=total, warmup_steps=warmup, schedule=cfg.schedule, speed=choice,
     )
     seed_everything(seed + 1000 * rank)  # different augmentations per rank
     start_epoch, best_psnr, best_loss = 0, -math.inf, math.inf
@@ -741,13 +993,14 @@ def _train(  # noqa: C901 - one linear procedure reads best
     args_meta = {
         "patches_dir": str(patches_dir), "epochs": epochs, "batch_size": batch_size, "crop": crop, "lr": lr,
         "weight_decay": weight_decay, "loss": dict(loss.weights), "stain_jitter": stain_jitter, "seed": seed,
-        "schedule": schedule, "warmup_steps": warmup, "world_size": world, "device": str(dev),
+        "schedule": cfg.schedule, "warmup_steps": warmup, "world_size": world, "device": str(dev),
         "channels_last": trainer.channels_last, "amp": trainer.amp, "speed": trainer.speed.to_dict(),
         "n_train": len(train_ds), "n_val": len(val_ds),
     }
     writer = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out, patches_dir, cfg)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=trainer.global_step or None)
@@ -840,7 +1093,10 @@ def _train(  # noqa: C901 - one linear procedure reads best
                 if improved:
                     save_checkpoint(best, trainer.module, meta=meta, epoch=epoch + 1, metrics=metrics_meta)
                 save_checkpoint(last, trainer.module, meta=meta, train_state=state, epoch=epoch + 1, metrics=metrics_meta)
-                if verbose:
+                for cb in callbacks:
+                    cb(TrainEvent("epoch", epoch + 1, rank, trainer, out, row))
+                shown = (epoch + 1) % print_every == 0 or epoch == start_epoch or epoch + 1 == epochs or stopped != "epochs"
+                if verbose and shown:
                     print(
                         f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.5f}, val PSNR {row['val_psnr']:.2f} dB, "
                         f"SSIM {row['val_ssim']:.4f}, {row['images_per_s']:.1f} img/s{' (best)' if improved else ''}",
@@ -854,10 +1110,8 @@ def _train(  # noqa: C901 - one linear procedure reads best
     finally:
         if writer is not None:
             writer.close()
-    if os.environ.get(DIGEST_ENV):
-        out.mkdir(parents=True, exist_ok=True)
-        state_dict = {k: v.detach().cpu().contiguous() for k, v in trainer.module.state_dict().items()}
-        atomic_write_text(out / f"rank{rank}.digest", weights_digest(state_dict) + "\n")
+    for cb in callbacks:
+        cb(TrainEvent("end", epochs_done, rank, trainer, out))
     if world > 1:
         dist.barrier()
     return TrainResult(
@@ -912,10 +1166,7 @@ def parse_config(items: Sequence[str] | None) -> AutoencoderConfig | None:
                 raise TrainingError(f"{item}: not a JSON config file ({exc})") from None
         else:
             raise TrainingError(f"--config {item!r}: expected key=value, a JSON object or a JSON file")
-    try:
-        return AutoencoderConfig.from_dict(data)
-    except (TypeError, ValueError) as exc:
-        raise TrainingError(f"--config: {exc}") from None
+    return _architecture(data, "--config")
 
 
 def parse_duration(text: str | float | None) -> float | None:
@@ -945,7 +1196,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", nargs="+", action="extend", metavar="KEY=VALUE",
         help="architecture: key=value items (n_blocks=2 widths=32,32,8), a JSON object, or a JSON file",
     )
-    parser.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt exactly")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue RUN_DIR/last.pt, also with changed settings (e.g. more --epochs); without it the same "
+             "command continues a run whose config.json matches and refuses a different one",
+    )
     parser.add_argument("--mse", type=float, default=1.0, help="MSE weight (default 1)")
     parser.add_argument("--l1", type=float, default=0.0, help="L1 weight")
     parser.add_argument("--ssim", type=float, default=0.0, help="(1 - SSIM) weight")
@@ -963,19 +1218,28 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                         help="mixed precision, bf16 autocast on the CPU (auto: on for CUDA; on the CPU measured once per run)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--print-every", type=int, default=None, metavar="N",
+                        help="an epoch line every N epochs (default: about 20 lines; all rows are in log.csv)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of ``python -m aeutils train`` flags (no ``--resume``: ``"auto"``, so
+    rerunning the same command continues its run)."""
+    tri = {"auto": None, "on": True, "off": False}
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, crop=args.crop, lr=args.lr, weight_decay=args.weight_decay,
+        architecture=parse_config(args.config), resume=True if args.resume else "auto", mse=args.mse, l1=args.l1,
+        ssim=args.ssim, vgg=args.vgg, vgg_weights=args.vgg_weights, stain_jitter=args.stain_jitter, device=args.device,
+        workers=args.workers, seed=args.seed, max_steps=args.max_steps, time_budget=parse_duration(args.time_budget),
+        val_limit=args.val_limit or None, schedule=args.schedule, warmup_steps=args.warmup_steps,
+        channels_last=tri[args.channels_last], amp=tri[args.amp], progress=args.progress,
+        print_every=getattr(args, "print_every", None),
+    )
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``python -m aeutils train``; exit code 0."""
-    result = train(
-        args.patches_dir, args.out, epochs=args.epochs, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-        weight_decay=args.weight_decay, config=parse_config(args.config), resume=args.resume, mse=args.mse,
-        l1=args.l1, ssim=args.ssim, vgg=args.vgg, vgg_weights=args.vgg_weights, stain_jitter=args.stain_jitter,
-        device=args.device, workers=args.workers, seed=args.seed, max_steps=args.max_steps,
-        time_budget=parse_duration(args.time_budget), val_limit=args.val_limit or None, schedule=args.schedule,
-        warmup_steps=args.warmup_steps, channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
-        amp={"auto": None, "on": True, "off": False}[args.amp], progress=args.progress,
-    )
+    result = train(args.patches_dir, args.out, config_from_args(args))
     if int(os.environ.get("RANK", "0")) == 0:
         f = result.final
         print(

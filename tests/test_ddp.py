@@ -12,18 +12,38 @@ import torch
 from patchdirs import write_patches
 
 from aeutils.checkpoint import load_checkpoint, weights_digest
-from aeutils.train import DIGEST_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: the train command with one callback: at the end each rank writes the sha256 of its weights
+WORKER = """
+import argparse, sys
+from aeutils.checkpoint import weights_digest
+from aeutils.io import atomic_write_text
+from aeutils.train import add_cli_arguments, config_from_args, train
+
+parser = argparse.ArgumentParser()
+add_cli_arguments(parser)
+args = parser.parse_args(sys.argv[1:])
+
+def digest(event):
+    if event.kind == "end":
+        state = {k: v.detach().cpu().contiguous() for k, v in event.trainer.module.state_dict().items()}
+        atomic_write_text(event.out_dir / f"rank{event.rank}.digest", weights_digest(state) + "\\n")
+
+train(args.patches_dir, args.out, config_from_args(args), callbacks=[digest])
+"""
 
 
 def test_torchrun_two_cpu_ranks_end_identical(tmp_path: Path) -> None:
     patches = write_patches(tmp_path / "patches", size=37, seed=1, xs=(0, 20))
     run = tmp_path / "run"
-    env = {**os.environ, DIGEST_ENV: "1", "OMP_NUM_THREADS": "1", "MSCOPY_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
+    worker = tmp_path / "train_with_digest.py"
+    worker.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MSCOPY_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "aeutils", "train", str(patches), "--out", str(run), "--epochs", "2", "--batch-size", "3",
+        str(worker), str(patches), "--out", str(run), "--epochs", "2", "--batch-size", "3",
         "--crop", "33", "--config", "n_blocks=1", "widths=8,8,4", "--workers", "0", "--no-progress",
         "--val-limit", "4",
     ]

@@ -120,9 +120,24 @@ def test_cli_train_outputs(patch_dir: Path, tmp_path: Path, capsys: pytest.Captu
     best = load_checkpoint(run / "best.pt")
     assert best.config == TINY and not best.model.training and best.meta["metrics"]["val_psnr"] > 0
     assert best.meta["train_args"]["loss"] == {"mse": 1.0, "l1": 0.5, "ssim": 0.5}
-    # an existing run without --resume: a one-line error, exit code 2
-    assert main(argv) == 2
-    assert "--resume" in capsys.readouterr().err
+    # the run folder holds its settings: the same TrainConfig the flags make
+    from aeutils.cli import _top_parser  # noqa: F401 - the CLI module is importable
+    import argparse
+
+    from aeutils.train import add_cli_arguments, config_from_args, read_run_config
+
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    patches, stored = read_run_config(run)
+    assert patches == patch_dir and stored == config_from_args(parser.parse_args(argv[1:]))
+    assert stored.architecture == TINY and stored.ssim == 0.5 and stored.resume == "auto"
+    # the same command again continues the run (here: nothing left to do), exit code 0
+    assert main(argv) == 0
+    assert "nothing_to_do" in capsys.readouterr().out
+    # other settings in the same folder: a one-line error naming them and --resume, exit code 2
+    assert main([*argv, "--lr", "0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "lr 0.002 -> 0.001" in err and "--resume" in err and err.count("\n") == 1
     # not enough data
     assert main(["train", str(patch_dir), "--out", str(tmp_path / "x"), "--batch-size", "10000", "--crop", "33", "--no-progress"]) == 2
     assert "fewer than one batch" in capsys.readouterr().err
@@ -282,3 +297,152 @@ def test_speed_choice_is_logged_stored_and_reused_on_resume(
     flip = not speed.Choice(stored["name"]).amp
     forced = train(patch_dir, run, epochs=3, resume=True, amp=flip, channels_last=False, **FAST)
     assert forced.final["speed"] == ("bf16" if flip else "fp32")
+
+
+def test_train_config_validates_round_trips_and_names_runs(tmp_path: Path) -> None:
+    from aeutils.train import TrainConfig
+
+    cfg = TrainConfig(epochs=3, architecture=TINY, time_budget="15m", vgg_weights=None)
+    assert cfg.time_budget == 900.0
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    import json
+
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # through JSON, as config.json
+    assert cfg.run_name() == TrainConfig(epochs=3, architecture=TINY).run_name()  # a stop is not the recipe
+    assert cfg.run_name() != cfg.replace(epochs=4).run_name()
+    assert cfg.run_name() != cfg.replace(architecture=AutoencoderConfig(n_blocks=2, widths=(8, 8, 4))).run_name()
+    assert TrainConfig().run_name() == TrainConfig(architecture=AutoencoderConfig()).run_name()
+    for kwargs, message in (
+        (dict(crop=180), "--crop 180: training crops must be 4k+1 px, at least 5 (nearest: 177, 181)"),
+        (dict(lr=0.0), "--lr 0: must be > 0"),
+        (dict(epochs="3"), "--epochs '3': expected an integer"),
+        (dict(schedule="step"), "--schedule 'step': must be 'cosine' or 'constant'"),
+        (dict(resume="yes"), "resume 'yes': must be True, False or 'auto'"),
+    ):
+        with pytest.raises(TrainingError) as info:
+            TrainConfig(**kwargs)
+        assert str(info.value) == message
+    with pytest.raises(TrainingError, match="unknown training settings"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        train(tmp_path, tmp_path / "run", epoch=3)
+
+
+def test_train_takes_a_config_object_and_keywords_alike(patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aeutils.train import TrainConfig, TrainEvent
+
+    cfg = TrainConfig(epochs=5, batch_size=4, crop=33, architecture=TINY, device="cpu", workers=0, progress=False,
+                      val_limit=8, lr=3e-3, print_every=4)
+    events: list[tuple[str, int]] = []
+
+    def record(ev: TrainEvent) -> None:
+        events.append((ev.kind, ev.epoch))
+
+    a = train(patch_dir, tmp_path / "a", cfg, callbacks=[record])
+    assert events == [("epoch", e) for e in range(1, 6)] + [("end", 5)]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/5", "epoch 4/5", "epoch 5/5"]  # the rest is in log.csv
+    assert len(a.history) == 5
+    b = train(patch_dir, tmp_path / "b", epochs=5, **{**FAST, "print_every": 4})  # the keyword form
+    wa, wb = _weights(a.last), _weights(b.last)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "auto"
+    first = train(patch_dir, run, epochs=2, max_steps=3, resume="auto", **FAST)  # stopped inside the run
+    assert first.epochs_done == 1
+    again = train(patch_dir, run, epochs=2, max_steps=None, resume="auto", **FAST)  # a stop is not the recipe
+    assert again.epochs_done == 2 and [r["epoch"] for r in again.history] == [1, 2]
+    with pytest.raises(TrainingError, match=r"other settings \(epochs 2 -> 3\); pass --resume"):
+        train(patch_dir, run, epochs=3, resume="auto", **FAST)
+    assert train(patch_dir, run, epochs=3, resume=True, **FAST).epochs_done == 3  # explicitly: more epochs
+
+
+def test_ctrl_c_message_and_rerunning_the_same_command_agree(
+    patch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C says "rerun the same command to resume"; doing exactly that continues the run and ends
+    where an uninterrupted run ends, bit for bit."""
+    from aeutils.cli import main
+
+    straight = train(patch_dir, tmp_path / "straight", epochs=2, **FAST)
+    run = tmp_path / "ctrlc"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "2", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--val-limit", "8", "--lr", "3e-3"]
+    original = Trainer.step
+
+    def interrupted(self, batch):  # type: ignore[no-untyped-def]
+        if self.global_step == straight.global_step // 2 + 1:  # inside epoch 2
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "rerun the same command to resume" in err
+    assert load_checkpoint(run / "last.pt").meta["epoch"] == 1
+    monkeypatch.setattr(Trainer, "step", original)
+    assert main(argv) == 0  # the same command, as the message says
+    with open(run / "log.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+    wa, wb = _weights(straight.last), _weights(run / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_corrupt_validation_patch_is_found_before_the_first_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aeutils.data import PatchDataset
+    from aeutils.errors import PatchError
+
+    patches = write_patches(tmp_path / "patches")
+    bad = PatchDataset(patches, "val", augment=False).records[-1].path
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8  # a damaged IDAT chunk (right size, bad CRC)
+    bad.write_bytes(bytes(data))
+    steps = {"n": 0}
+    original = Trainer.step
+
+    def counted(self, batch):  # type: ignore[no-untyped-def]
+        steps["n"] += 1
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", counted)
+    with pytest.raises(PatchError, match=rf"{bad.name}: corrupt or unreadable image"):
+        train(patches, tmp_path / "run", epochs=1, **{**FAST, "val_limit": None})
+    assert steps["n"] == 0 and not (tmp_path / "run" / "last.pt").exists()
+    # a corrupt training patch: the same, before any step
+    PatchDataset(patches, "val", augment=False).records[-1].path.write_bytes(bytes(bytearray(original_png(patches))))
+    tr = PatchDataset(patches, "train").records[0].path
+    tr.write_bytes(tr.read_bytes()[:-40])  # truncated
+    with pytest.raises(PatchError, match=rf"{tr.name}: corrupt or unreadable image"):
+        train(patches, tmp_path / "run", epochs=1, **{**FAST, "val_limit": None})
+    assert steps["n"] == 0
+
+
+def original_png(patches: Path) -> bytes:
+    """A good PNG of the same size (another patch's bytes)."""
+    from aeutils.data import PatchDataset
+
+    return PatchDataset(patches, "val", augment=False).records[0].path.read_bytes()
+
+
+def test_bad_config_value_names_the_key_and_type() -> None:
+    with pytest.raises(TrainingError) as info:
+        parse_config(["n_blocks=abc"])
+    assert str(info.value) == "--config: n_blocks='abc': expected an integer"
+    with pytest.raises(TrainingError, match=r"widths=\[8, 8\]: expected 3 comma-separated integers"):
+        parse_config(["widths=8,8"])
+    with pytest.raises(TrainingError, match=r"stage_relu='maybe': expected true or false"):
+        parse_config(["stage_relu=maybe"])
+
+
+def test_header_only_manifest_says_no_patches_are_listed(patch_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    header = (patch_dir / "manifest.csv").read_text().splitlines()[0]
+    (empty / "manifest.csv").write_text(header + "\n")
+    with pytest.raises(TrainingError) as info:
+        train(empty, tmp_path / "run", epochs=1, **FAST)
+    assert str(info.value).startswith(f"no patches listed in {empty / 'manifest.csv'}")
+    assert not (tmp_path / "run").exists()
