@@ -77,6 +77,7 @@ __all__ = [
     "parse_duration",
     "config_from_args",
     "read_run_config",
+    "find_runs",
     "rng_state",
     "set_rng_state",
     "add_cli_arguments",
@@ -807,6 +808,29 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]
         raise TrainingError(f"{path}: no such run config") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: not a run config ({exc})") from None
+
+
+def find_runs(runs_dir: str | os.PathLike[str], *, finished: bool = True) -> list[Path]:
+    """Run folders directly under ``runs_dir`` (``config.json`` + ``best.pt``), newest ``best.pt``
+    first; ``finished``: only those whose ``last.pt`` reached the configured epochs (what notebooks
+    04 and 05 pick up from notebook 03). ``[]`` if there are none or ``runs_dir`` does not exist."""
+    from aeutils.checkpoint import read_checkpoint
+    from aeutils.errors import AeutilsError
+
+    root = Path(runs_dir)
+    found = []
+    for run in (d for d in (root.iterdir() if root.is_dir() else ()) if d.is_dir()):
+        if not ((run / CONFIG_NAME).is_file() and (run / "best.pt").is_file()):
+            continue
+        if finished:
+            try:
+                done = int(read_checkpoint(run / "last.pt")["meta"].get("epoch", 0))
+                if done < read_run_config(run)[1].epochs:
+                    continue
+            except (AeutilsError, ValueError, TypeError):
+                continue
+        found.append(run)
+    return sorted(found, key=lambda d: (d / "best.pt").stat().st_mtime, reverse=True)
 
 
 def _differences(old: TrainConfig, new: TrainConfig) -> list[str]:

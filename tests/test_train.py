@@ -356,6 +356,11 @@ def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: P
     assert again.epochs_done == 2 and [r["epoch"] for r in again.history] == [1, 2]
     with pytest.raises(TrainingError, match=r"other settings \(epochs 2 -> 3\); pass --resume"):
         train(patch_dir, run, epochs=3, resume="auto", **FAST)
+    from aeutils.train import find_runs
+
+    assert find_runs(tmp_path) == [run]
+    train(patch_dir, tmp_path / "short", epochs=3, max_steps=2, **FAST)  # unfinished: not picked up
+    assert find_runs(tmp_path) == [run] and set(find_runs(tmp_path, finished=False)) == {run, tmp_path / "short"}
     assert train(patch_dir, run, epochs=3, resume=True, **FAST).epochs_done == 3  # explicitly: more epochs
 
 
