@@ -36,7 +36,7 @@ from aeutils.model import Autoencoder, AutoencoderConfig
 
 FORMAT = "mscopy-ae/1"
 #: the shipped model, trained on the bundled sample slide (see aeutils/pretrained/README.md)
-PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "mscopy_ae_cmu1.pt"
+PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "mscopy_ae_two_tissue.pt"
 #: environment variable that overrides :data:`PRETRAINED`
 PRETRAINED_ENV = "MSCOPY_PRETRAINED"
 
