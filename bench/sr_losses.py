@@ -49,7 +49,7 @@ PSNR_BUDGET_DB = 0.3
 HAARPSI_BUDGET = 0.005
 #: the goal: encoding's ST-LPIPS this fraction below the better of mse and random
 STLPIPS_MARGIN = 0.05
-#: default optimiser steps per run: every arm and grid weight (9 runs) plus judging in ~30 min on
+#: default optimiser steps per run: every arm and grid weight (9 runs) plus judging well within 30 min on
 #: this project's 2-core CPU (AMD EPYC Zen 4) with the default sizes
 DEFAULT_STEPS = 300
 JUDGES = ("psnr", "ssim", "ssim_h", "haarpsi", "stlpips")
