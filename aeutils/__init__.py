@@ -36,14 +36,42 @@ from aeutils.errors import AeutilsError
 from aeutils.sample import sample_slide, sample_slides
 
 __version__ = "0.1.0"
-__all__ = ["AeutilsError", "sample_slide", "sample_slides", "load_pretrained", "__version__"]
+__all__ = [
+    "AeutilsError", "sample_slide", "sample_slides", "load_pretrained", "extract", "encode_slide",
+    "TrainConfig", "EncodingLoss", "__version__",
+]
+
+#: what users type, imported on first use (``extract`` stays torch-free; the others import torch).
+#: ``train`` is not here: the name is the ``aeutils.train`` module's, which Python's import system binds on
+#: the package whenever that module is imported; use ``from aeutils.train import train``.
+_LAZY = {
+    "extract": "aeutils.patches",
+    "encode_slide": "aeutils.slidemap",
+    "TrainConfig": "aeutils.train",
+    "EncodingLoss": "aeutils.loss",
+}
 
 if TYPE_CHECKING:  # pragma: no cover
+    from aeutils.loss import EncodingLoss
     from aeutils.model import Autoencoder
+    from aeutils.patches import extract
+    from aeutils.slidemap import encode_slide
+    from aeutils.train import TrainConfig
+
+
+def __getattr__(name: str) -> Any:
+    """``from aeutils import extract, TrainConfig, EncodingLoss, encode_slide``: import the home module on first use."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'aeutils' has no attribute {name!r}")
 
 
 def load_pretrained(**kwargs: Any) -> "Autoencoder":
-    """The shipped autoencoder (trained on the bundled sample slide), in eval mode, offline.
+    """The shipped autoencoder, in eval mode, offline.
 
     See :func:`aeutils.checkpoint.load_pretrained` for the keyword arguments.
     """

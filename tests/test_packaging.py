@@ -85,3 +85,20 @@ def test_cli_help(args: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", "aeutils", *args], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "usage" in out.stdout.lower()
+
+
+def test_package_root_exports_what_users_type() -> None:
+    """``from aeutils import extract`` stays torch-free; the other names resolve to their home modules."""
+    code = (
+        "import sys\n"
+        "from aeutils import extract, sample_slides\n"
+        "assert 'torch' not in sys.modules, 'extract imported torch'\n"
+        "import aeutils\n"
+        "from aeutils import TrainConfig, EncodingLoss, load_pretrained, encode_slide\n"
+        "import aeutils.loss, aeutils.patches, aeutils.slidemap, aeutils.train\n"
+        "assert extract is aeutils.patches.extract\n"
+        "assert TrainConfig is aeutils.train.TrainConfig and EncodingLoss is aeutils.loss.EncodingLoss\n"
+        "assert encode_slide is aeutils.slidemap.encode_slide\n"
+        "try:\n    aeutils.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no AttributeError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
