@@ -20,7 +20,9 @@ from aeutils.errors import TrainingError
 from aeutils.resample import bicubic_down, bicubic_up
 
 SCALE = 4
-LOSSES = ("mse", "mse+encoding", "mse+content")
+LOSSES = ("mse", "mse+encoding")
+#: ``train_sr(loss=CONTENT, content_loss=L)``: MSE + any content loss (bench/sr_losses.py's arms)
+CONTENT = "mse+content"
 #: weight of the EncodingLoss term in "mse+encoding": with the default EncodingLoss and the shipped model,
 #: bicubic x4 outputs of the sample slide score ~0.45 against ~0.009 pixel MSE, so with 0.03 the encoding
 #: term starts at ~1.5x the pixel term (same order, neither drowns the other)
@@ -134,8 +136,8 @@ def train_sr(
             baseline of :mod:`aeutils.baselines`, an EncodingLoss), weighted by ``encoding_weight``
             on the whole output (no 4k+1 crop).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss not in (*LOSSES, CONTENT):
+        raise ValueError(f"loss must be one of {(*LOSSES, CONTENT)}, got {loss!r}")
     from aeutils.device import pick_device
 
     dev = pick_device(str(device) if device is not None else None, quiet=True)
