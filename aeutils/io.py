@@ -46,11 +46,42 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterator
         raise
 
 
+def _open_temp(target: Path) -> tuple[int, Path]:
+    """A new, exclusively created temp file beside ``target`` (mode :data:`FILE_MODE`): (fd, path)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path."""
-    with atomic_path(path, fsync=fsync) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+    """Write ``data`` to ``path`` atomically; returns the path.
+
+    One exclusive ``open`` of a random temp name (the mode ``open(path, "w")`` would give), one write,
+    a rename: half the system calls of :func:`atomic_path`, which matters for thousands of small PNGs.
+    """
+    target = Path(path)
+    try:
+        fd, tmp = _open_temp(target)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _open_temp(target)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> Path:

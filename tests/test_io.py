@@ -27,3 +27,15 @@ def test_failure_keeps_old_file_and_leaves_no_temp(tmp_path) -> None:
             raise RuntimeError("interrupted")
     assert target.read_bytes() == b"good"
     assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_atomic_write_bytes_failure_keeps_old_file_and_leaves_no_temp(tmp_path) -> None:
+    target = tmp_path / "a.png"
+    atomic_write_bytes(target, b"good", fsync=False)
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, 12345, fsync=False)  # type: ignore[arg-type]  # not bytes: fails mid-write
+    assert target.read_bytes() == b"good"
+    assert os.listdir(tmp_path) == ["a.png"]
+    big = os.urandom(3_000_000)  # more than one write() may take
+    atomic_write_bytes(tmp_path / "new" / "big.bin", big)
+    assert (tmp_path / "new" / "big.bin").read_bytes() == big
