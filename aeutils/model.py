@@ -32,6 +32,12 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3", "latent")
 
 
+def unknown_fields(cls: type, data: dict[str, Any]) -> list[str]:
+    """The keys of ``data`` that are not fields of the dataclass ``cls``, sorted (config ``from_dict`` checks)."""
+    known = {f.name for f in fields(cls)}
+    return sorted(set(data) - known)
+
+
 @dataclass(frozen=True)
 class AutoencoderConfig:
     """Everything needed to rebuild an :class:`Autoencoder`; saved with every checkpoint.
@@ -78,8 +84,7 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AutoencoderConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = unknown_fields(cls, data)
         if unknown:
             raise ValueError(f"unknown AutoencoderConfig fields: {', '.join(unknown)}")
         return cls(**data)

@@ -60,7 +60,7 @@ from aeutils.device import pick_device
 from aeutils.errors import TrainingError
 from aeutils.io import atomic_write_text
 from aeutils.metrics import psnr, ssim
-from aeutils.model import Autoencoder, AutoencoderConfig, nearest_valid_sizes
+from aeutils.model import Autoencoder, AutoencoderConfig, nearest_valid_sizes, unknown_fields
 from aeutils.patches import default_workers
 from aeutils.speed import Choice, candidate_name, copy_for, training_choice
 
@@ -711,10 +711,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`TrainingError` naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = unknown_fields(cls, data)
         if unknown:
-            raise TrainingError(f"unknown training settings {unknown} (known: {', '.join(sorted(known))})")
+            known = sorted(f.name for f in fields(cls))
+            raise TrainingError(f"unknown training settings {unknown} (known: {', '.join(known)})")
         return cls(**data)
 
     def recipe(self) -> dict[str, Any]:
