@@ -12,7 +12,7 @@ Modules (each one idea):
     checkpoint  safe, atomic checkpoints (weights + config + metadata)
     data        PyTorch datasets over extracted patches, splits, augmentations, sample-slide patches
     metrics     per-image PSNR and SSIM (torchmetrics)
-    train       the trainer (the ``train`` command), single GPU / CPU / torchrun DDP
+    training    the trainer: ``train()`` and ``TrainConfig`` (the ``train`` command), single GPU / CPU / torchrun DDP
     viz         encoding views, figure grids, the ipywidgets explorer (the ``figures`` command)
     slidemap    whole-slide encoding maps as pyramidal TIFFs (the ``encode`` command)
     slide_explorer  the slide-level ipywidgets explorer linked to an encoding map
@@ -37,17 +37,17 @@ from aeutils.sample import sample_slide, sample_slides
 
 __version__ = "0.1.0"
 __all__ = [
-    "AeutilsError", "sample_slide", "sample_slides", "load_pretrained", "extract", "encode_slide",
+    "AeutilsError", "sample_slide", "sample_slides", "load_pretrained", "extract", "train", "encode_slide",
     "TrainConfig", "EncodingLoss", "__version__",
 ]
 
 #: what users type, imported on first use (``extract`` stays torch-free; the others import torch).
-#: ``train`` is not here: the name is the ``aeutils.train`` module's, which Python's import system binds on
-#: the package whenever that module is imported; use ``from aeutils.train import train``.
+#: The trainer's module is ``aeutils.training`` (not ``aeutils.train``) so that ``aeutils.train`` stays the function.
 _LAZY = {
     "extract": "aeutils.patches",
+    "train": "aeutils.training",
     "encode_slide": "aeutils.slidemap",
-    "TrainConfig": "aeutils.train",
+    "TrainConfig": "aeutils.training",
     "EncodingLoss": "aeutils.loss",
 }
 
@@ -56,11 +56,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from aeutils.model import Autoencoder
     from aeutils.patches import extract
     from aeutils.slidemap import encode_slide
-    from aeutils.train import TrainConfig
+    from aeutils.training import TrainConfig, train
 
 
 def __getattr__(name: str) -> Any:
-    """``from aeutils import extract, TrainConfig, EncodingLoss, encode_slide``: import the home module on first use."""
+    """``from aeutils import extract, train, TrainConfig, EncodingLoss, encode_slide``: import the home module on first use."""
     if name in _LAZY:
         import importlib
 

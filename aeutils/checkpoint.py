@@ -318,7 +318,7 @@ def load_pretrained(map_location: str | torch.device = "cpu") -> Autoencoder:
     return load_model(path, map_location)
 
 
-def resolve_model(
+def as_model(
     model_or_path: Autoencoder | str | os.PathLike[str] | None = None,
     map_location: str | torch.device = "cpu",
 ) -> Autoencoder:

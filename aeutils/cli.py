@@ -20,7 +20,7 @@ from aeutils.errors import AeutilsError
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("aeutils.patches", "cut tissue patches from whole-slide images into PNGs + manifest.csv"),
-    "train": ("aeutils.train", "train the autoencoder on extracted patches (CPU, GPU, or torchrun)"),
+    "train": ("aeutils.training", "train the autoencoder on extracted patches (CPU, GPU, or torchrun)"),
     "figures": ("aeutils.viz", "make the README figures with the shipped model and the sample slide"),
     "encode": ("aeutils.slidemap", "encode whole slides into seamless encoding maps (tiled pyramidal TIFF)"),
     "manifest": ("aeutils.manifest", "merge the manifests of extract --shard runs: manifest merge OUT..."),

@@ -183,9 +183,9 @@ class EncodingLoss(_Frozen):
         if model is not None and checkpoint is not None:
             raise ValueError("give either model= or checkpoint=, not both")
         if model is None:
-            from aeutils.checkpoint import resolve_model
+            from aeutils.checkpoint import as_model
 
-            model = resolve_model(checkpoint)
+            model = as_model(checkpoint)
         inner = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
         if not isinstance(inner, Autoencoder):
             raise TypeError(f"model must be an aeutils Autoencoder, got {type(inner).__name__}")

@@ -46,8 +46,9 @@ class AutoencoderConfig:
         widths: channels of the three stages (full resolution/2, /4, /4).
         latent_channels: channels of the encoding (1: it can be looked at as an image).
         n_blocks: residual blocks per stage, in the encoder and the decoder each.
-        stage_relu: apply the activation after each stage-changing conv (not after the latent
-            conv nor the output conv, which stay linear).
+        stage_activation: apply ``activation`` after each stage-changing conv (not after the latent
+            conv nor the output conv, which stay linear). Stored configs that say ``stage_relu``
+            (the name before 0.1.0's rename) are read as this field.
         activation: one of :data:`ACTIVATIONS`.
         mean, std: per-channel normalisation applied inside the model to RGB inputs in [0, 1]
             (and undone on the output); buffers, so users never repeat it.
@@ -57,7 +58,7 @@ class AutoencoderConfig:
     widths: tuple[int, int, int] = (64, 32, 8)
     latent_channels: int = 1
     n_blocks: int = 10
-    stage_relu: bool = True
+    stage_activation: bool = True
     activation: str = "relu"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -84,6 +85,8 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AutoencoderConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        if "stage_relu" in data and "stage_activation" not in data:  # configs stored before the rename
+            data = {("stage_activation" if k == "stage_relu" else k): v for k, v in data.items()}
         unknown = unknown_fields(cls, data)
         if unknown:
             raise ValueError(f"unknown AutoencoderConfig fields: {', '.join(unknown)}")
@@ -158,7 +161,7 @@ class Autoencoder(nn.Module):
         self.config = config = config or AutoencoderConfig()
         act = ACTIVATIONS[config.activation]
         w1, w2, w3 = config.widths
-        n, r, z, c = config.n_blocks, config.stage_relu, config.latent_channels, config.in_channels
+        n, r, z, c = config.n_blocks, config.stage_activation, config.latent_channels, config.in_channels
         self.encoder = nn.ModuleList(
             [
                 _stage(nn.Conv2d(c, w1, 3, stride=2, padding=1), w1, n, act, r, False),  # 181x181 -> 91x91

@@ -17,7 +17,7 @@ is dropped (so an emulated bf16, 20x slower on an AVX2-only CPU, costs a few bat
 
 Two entry points:
 
-* :func:`training_choice`: once per training run (:func:`aeutils.train.train`), for a step function the
+* :func:`training_choice`: once per training run (:func:`aeutils.training.train`), for a step function the
   caller builds per candidate; skipped (baseline) where the probe would cost more than 1/:data:`PAYS`
   (5 %) of the run. On CUDA / MPS no probe: the trainer's device defaults.
 * :func:`inference_choice`: forward-only (or forward + backward to the input) paths, cached per

@@ -463,9 +463,9 @@ class Explorer:
             if "latent" not in self.encoded.features:
                 self.encoded.features = {**self.encoded.features, "latent": self.encoded.latent}
         else:
-            from aeutils.checkpoint import resolve_model
+            from aeutils.checkpoint import as_model
 
-            self.model = resolve_model(model)
+            self.model = as_model(model)
             x, self.mpp = _load_patches(patches, n, size, mpp)
             if x.shape[0] == 0:
                 raise PatchError("no patches to explore")
@@ -635,9 +635,9 @@ def write_figures(
     output batch, and the sample slide with its patches. Deterministic for a given model and
     patch source (no timestamps or versions in the PNGs). Returns the paths written.
     """
-    from aeutils.checkpoint import resolve_model
+    from aeutils.checkpoint import as_model
 
-    ae = resolve_model(model)
+    ae = as_model(model)
     x, mpp = _load_patches(patches, n, 181, mpp)
     e = encode_batch(ae, x)
     figures = {

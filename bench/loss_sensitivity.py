@@ -34,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from aeutils.checkpoint import pretrained_path, resolve_model
+    from aeutils.checkpoint import pretrained_path, as_model
     from aeutils.data import sample_patches
     from aeutils.loss import DEFAULT_LAYER_WEIGHTS
     from aeutils.sensitivity import random_control, sensitivity_table
 
     margin = 4
-    trained = resolve_model(args.checkpoint)
+    trained = as_model(args.checkpoint)
     control = random_control(trained, args.seed)
     t0 = time.perf_counter()
     patches = sample_patches(args.n, args.size + 2 * margin, split="val", seed=args.seed)

@@ -4,7 +4,7 @@ Both arms train the DEFAULT architecture (``AutoencoderConfig()``: widths 64/32/
 per stage, 1,924,004 parameters) on the same random 3x181x181 batch with MSE:
 
 * plain fp32: the model as built, ``torch.optim.Adam``, ``F.mse_loss``, NCHW float32, no tricks;
-* trainer (auto): ``aeutils.train.Trainer`` with the speed options ``aeutils.train.choose_speed``
+* trainer (auto): ``aeutils.training.Trainer`` with the speed options ``aeutils.training.choose_speed``
   picks for this model, batch and crop, exactly as ``train()`` does (on the CPU: a measured probe of
   fp32, channels_last, bf16 autocast and both, forced here because a bench run is too short to "pay"
   for it; on CUDA: channels_last + autocast). Imported, not copied; the probe's wall time is reported.
@@ -61,19 +61,19 @@ def plain_step(model: torch.nn.Module, lr: float = 1e-3) -> Step:
 
 
 def auto_choice(config: Any, batch_shape: tuple[int, ...], device: torch.device) -> Any:
-    """The speed choice ``aeutils.train.train`` makes for this model and batch (probe forced on the CPU)."""
+    """The speed choice ``aeutils.training.train`` makes for this model and batch (probe forced on the CPU)."""
     from aeutils.model import Autoencoder
-    from aeutils.train import ReconstructionLoss, choose_speed
+    from aeutils.training import ReconstructionLoss, choose_speed
 
     torch.manual_seed(0)
     return choose_speed(Autoencoder(config), ReconstructionLoss(), batch_shape, device, force="probe")
 
 
 def trainer_step(config: Any, device: torch.device, choice: Any) -> Step:
-    """``aeutils.train.Trainer(...).step`` for a fresh model of ``config`` run as ``choice`` says: what
+    """``aeutils.training.Trainer(...).step`` for a fresh model of ``config`` run as ``choice`` says: what
     each real step does, including the non-finite-loss check and the LR-scheduler step."""
     from aeutils.model import Autoencoder
-    from aeutils.train import Trainer
+    from aeutils.training import Trainer
 
     return Trainer(Autoencoder(config), device=device, speed=choice).step
 
@@ -132,7 +132,7 @@ def quality(config: Any, device: torch.device, choice: Any, steps: int, batch: i
     from aeutils.data import sample_patches
     from aeutils.model import Autoencoder
     from aeutils.speed import Choice
-    from aeutils.train import Trainer
+    from aeutils.training import Trainer
 
     train_x = sample_patches(n=max(batch, 32), size=crop, split="train", seed=0)
     val_x = sample_patches(n=n_val, size=crop, split="val", seed=0)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = AutoencoderConfig(widths=(8, 8, 4), n_blocks=1)
         batch, steps, repeats, warmup = 2, 1, 2, 1
     else:
-        from aeutils.train import parse_config
+        from aeutils.training import parse_config
 
         config = parse_config(args.config) or AutoencoderConfig()
         batch = args.batch_size or (64 if device.type == "cuda" else 4)

@@ -17,7 +17,7 @@ from aeutils.checkpoint import (
     load_model,
     load_pretrained,
     read_checkpoint,
-    resolve_model,
+    as_model,
     save_checkpoint,
 )
 from aeutils.errors import CheckpointError
@@ -56,7 +56,7 @@ def test_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
 
 
 def test_round_trip_keeps_a_non_default_config_and_normalisation(tmp_path: Path) -> None:
-    config = AutoencoderConfig(widths=(6, 4, 2), n_blocks=1, activation="gelu", stage_relu=False, mean=(0.8, 0.6, 0.7), std=(0.1, 0.2, 0.15))
+    config = AutoencoderConfig(widths=(6, 4, 2), n_blocks=1, activation="gelu", stage_activation=False, mean=(0.8, 0.6, 0.7), std=(0.1, 0.2, 0.15))
     model = trained_ish(config)
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "ae.pt", model))
     assert ckpt.config == config
@@ -292,22 +292,22 @@ def test_load_pretrained_missing_file(tmp_path: Path, monkeypatch: pytest.Monkey
         aeutils.load_pretrained()
 
 
-def test_resolve_model_passes_models_through_and_loads_paths_or_the_shipped_model(
+def test_as_model_passes_models_through_and_loads_paths_or_the_shipped_model(
     good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = trained_ish().train()
-    assert resolve_model(model) is model and model.training  # as given: not copied, mode untouched
+    assert as_model(model) is model and model.training  # as given: not copied, mode untouched
     with torch.no_grad():
         for path in (good, str(good)):
-            loaded = resolve_model(path)
+            loaded = as_model(path)
             assert isinstance(loaded, Autoencoder) and not loaded.training
             assert torch.equal(loaded(x17()), load_model(good)(x17()))
         monkeypatch.setenv("MSCOPY_PRETRAINED", str(good))
-        assert torch.equal(resolve_model()(x17()), load_model(good)(x17()))
+        assert torch.equal(as_model()(x17()), load_model(good)(x17()))
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
-        resolve_model(tmp_path / "gone.pt")
+        as_model(tmp_path / "gone.pt")
     with pytest.raises(TypeError, match="checkpoint path"):
-        resolve_model(42)  # type: ignore[arg-type]
+        as_model(42)  # type: ignore[arg-type]
 
 
 def _entry_offset(data: bytes, info: zipfile.ZipInfo) -> int:
@@ -321,7 +321,7 @@ def _entry_offset(data: bytes, info: zipfile.ZipInfo) -> int:
 def test_a_flipped_byte_in_any_stored_tensor_is_caught(tmp_path: Path) -> None:
     """Not just the weights: the optimiser, scheduler and RNG state a resume restores are covered too
     (one flipped byte in the middle of each stored tensor, one file per tensor)."""
-    from aeutils.train import Trainer
+    from aeutils.training import Trainer
 
     torch.manual_seed(0)
     trainer = Trainer(Autoencoder(SMALL), device="cpu", total_steps=10)

@@ -20,7 +20,7 @@ WORKER = """
 import argparse, sys
 from aeutils.checkpoint import weights_digest
 from aeutils.io import atomic_write_text
-from aeutils.train import add_cli_arguments, config_from_args, train
+from aeutils.training import add_cli_arguments, config_from_args, train
 
 parser = argparse.ArgumentParser()
 add_cli_arguments(parser)

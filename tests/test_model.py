@@ -173,7 +173,7 @@ def test_normalisation_is_inside_the_model_as_buffers() -> None:
 
 
 def test_config_round_trips_through_dict_and_json() -> None:
-    config = AutoencoderConfig(widths=(16, 8, 4), latent_channels=2, n_blocks=3, stage_relu=False, activation="gelu")
+    config = AutoencoderConfig(widths=(16, 8, 4), latent_channels=2, n_blocks=3, stage_activation=False, activation="gelu")
     assert AutoencoderConfig.from_dict(config.to_dict()) == config
     assert AutoencoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert Autoencoder(config).config is config
@@ -206,8 +206,8 @@ def test_activation_from_the_config_is_used(name: str, cls: type) -> None:
         assert not torch.allclose(other.encode(x), relu.encode(x))
 
 
-def test_stage_relu_false_drops_only_the_stage_activations() -> None:
-    with_relu, without = small_model(n_blocks=2), small_model(n_blocks=2, stage_relu=False)
+def test_stage_activation_false_drops_only_the_stage_activations() -> None:
+    with_relu, without = small_model(n_blocks=2), small_model(n_blocks=2, stage_activation=False)
     count = lambda m: sum(isinstance(x, nn.ReLU) for x in m.modules())
     assert count(with_relu) - count(without) == 6  # one after each of the 3 + 3 stage convs
     assert count(without) == 2 * 3 * 2  # the one inside each residual block remains
@@ -217,3 +217,12 @@ def test_stage_relu_false_drops_only_the_stage_activations() -> None:
 
 
 # --- introspection --------------------------------------------------------------------------------
+
+
+def test_configs_stored_with_the_old_stage_relu_name_still_load() -> None:
+    old = {**AutoencoderConfig(n_blocks=1).to_dict(), "stage_activation": None}
+    del old["stage_activation"]
+    old["stage_relu"] = False
+    assert AutoencoderConfig.from_dict(old) == AutoencoderConfig(n_blocks=1, stage_activation=False)
+    with pytest.raises(ValueError, match="unknown AutoencoderConfig fields: stage_relu"):
+        AutoencoderConfig.from_dict({**AutoencoderConfig().to_dict(), "stage_relu": True})

@@ -11,7 +11,7 @@ from aeutils import speed
 from aeutils.errors import AeutilsError
 from aeutils.model import Autoencoder, AutoencoderConfig
 from aeutils.speed import CANDIDATES, Choice
-from aeutils.train import ReconstructionLoss, Trainer, choose_speed
+from aeutils.training import ReconstructionLoss, Trainer, choose_speed
 
 TINY = AutoencoderConfig(n_blocks=1, widths=(8, 8, 4))
 CPU = torch.device("cpu")

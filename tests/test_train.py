@@ -1,4 +1,4 @@
-"""aeutils.train: exact resume, NaN handling, the CLI and its outputs, loss terms, RNG state, the shipped model."""
+"""aeutils.training: exact resume, NaN handling, the CLI and its outputs, loss terms, RNG state, the shipped model."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +13,7 @@ from patchdirs import write_patches
 from aeutils.checkpoint import load_checkpoint, read_checkpoint
 from aeutils.errors import TrainingError
 from aeutils.model import Autoencoder, AutoencoderConfig
-from aeutils.train import (
+from aeutils.training import (
     ReconstructionLoss,
     Trainer,
     make_train_step,
@@ -124,7 +124,7 @@ def test_cli_train_outputs(patch_dir: Path, tmp_path: Path, capsys: pytest.Captu
     from aeutils.cli import _top_parser  # noqa: F401 - the CLI module is importable
     import argparse
 
-    from aeutils.train import add_cli_arguments, config_from_args, read_run_config
+    from aeutils.training import add_cli_arguments, config_from_args, read_run_config
 
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
@@ -168,7 +168,7 @@ def test_cli_bad_option_is_one_error_line(patch_dir: Path, tmp_path: Path, optio
 
 def test_ddp_backend_follows_the_rank_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU device pairs with gloo even on a GPU host; a bare "cuda" under torchrun is cuda:LOCAL_RANK."""
-    import aeutils.train as tr
+    import aeutils.training as tr
 
     seen: list[str] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a GPU host
@@ -300,7 +300,7 @@ def test_speed_choice_is_logged_stored_and_reused_on_resume(
 
 
 def test_train_config_validates_round_trips_and_names_runs(tmp_path: Path) -> None:
-    from aeutils.train import TrainConfig
+    from aeutils.training import TrainConfig
 
     cfg = TrainConfig(epochs=3, architecture=TINY, time_budget="15m", vgg_weights=None)
     assert cfg.time_budget == 900.0
@@ -329,7 +329,7 @@ def test_train_config_validates_round_trips_and_names_runs(tmp_path: Path) -> No
 
 
 def test_train_takes_a_config_object_and_keywords_alike(patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from aeutils.train import TrainConfig, TrainEvent
+    from aeutils.training import TrainConfig, TrainEvent
 
     cfg = TrainConfig(epochs=5, batch_size=4, crop=33, architecture=TINY, device="cpu", workers=0, progress=False,
                       val_limit=8, lr=3e-3, print_every=4)
@@ -356,7 +356,7 @@ def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: P
     assert again.epochs_done == 2 and [r["epoch"] for r in again.history] == [1, 2]
     with pytest.raises(TrainingError, match=r"other settings \(epochs 2 -> 3\); pass --resume"):
         train(patch_dir, run, epochs=3, resume="auto", **FAST)
-    from aeutils.train import find_runs
+    from aeutils.training import find_runs
 
     assert find_runs(tmp_path) == [run]
     train(patch_dir, tmp_path / "short", epochs=3, max_steps=2, **FAST)  # unfinished: not picked up
@@ -438,8 +438,8 @@ def test_bad_config_value_names_the_key_and_type() -> None:
     assert str(info.value) == "--config: n_blocks='abc': expected an integer"
     with pytest.raises(TrainingError, match=r"widths=\[8, 8\]: expected 3 comma-separated integers"):
         parse_config(["widths=8,8"])
-    with pytest.raises(TrainingError, match=r"stage_relu='maybe': expected true or false"):
-        parse_config(["stage_relu=maybe"])
+    with pytest.raises(TrainingError, match=r"stage_activation='maybe': expected true or false"):
+        parse_config(["stage_activation=maybe"])
 
 
 def test_header_only_manifest_says_no_patches_are_listed(patch_dir: Path, tmp_path: Path) -> None:
