@@ -361,6 +361,14 @@ def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: P
     assert find_runs(tmp_path) == [run]
     train(patch_dir, tmp_path / "short", epochs=3, max_steps=2, **FAST)  # unfinished: not picked up
     assert find_runs(tmp_path) == [run] and set(find_runs(tmp_path, finished=False)) == {run, tmp_path / "short"}
+    from aeutils.checkpoint import CheckpointError, pick_checkpoint, pretrained_path
+
+    assert pick_checkpoint(runs_dir=tmp_path) == (run / "best.pt", f"model: {run / 'best.pt'} (notebook 03's newest finished run)")
+    path, line = pick_checkpoint(runs_dir=tmp_path / "none")  # notebooks 04/05 before notebook 03 ran
+    assert path == pretrained_path() and line.endswith(f"(no finished run under {tmp_path / 'none'})")
+    assert pick_checkpoint(run / "last.pt", tmp_path)[0] == run / "last.pt"  # given wins
+    with pytest.raises(CheckpointError, match="gone.pt: no such checkpoint file"):
+        pick_checkpoint(tmp_path / "gone.pt")
     assert train(patch_dir, run, epochs=3, resume=True, **FAST).epochs_done == 3  # explicitly: more epochs
 
 
