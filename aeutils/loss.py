@@ -203,37 +203,34 @@ class EncodingLoss(_Frozen):
         if normalize not in modes:
             raise ValueError(f"normalize must be one of False, True, 'none', 'channel', 'instance', got {normalize!r}")
         self.criterion, self.weight, self.normalize, self.reduction = criterion, float(weight), modes[normalize], reduction
-        encoder = copy.deepcopy(inner.encoder).float().eval()
-        self.encoder = _fuse_conv_bn(encoder) if fuse else encoder
-        self.register_buffer("mean", inner.mean.detach().clone().float(), persistent=False)
-        self.register_buffer("std", inner.std.detach().clone().float(), persistent=False)
-        #: index of the deepest tap with a non-zero weight: the encoder stops there in forward()
-        self._depth = max(i for i, k in enumerate(STAGES) if self.layer_weights[k]) + 1
+        #: a float32 eval-mode copy of the model (encoder BatchNorms folded when ``fuse``); the loss
+        #: encodes with its :meth:`~aeutils.model.Autoencoder.encoder_forward`, never with a copy of that loop
+        self.model = copy.deepcopy(inner).float().eval()
+        if fuse:
+            _fuse_conv_bn(self.model.encoder)
+        #: the deepest tap with a non-zero weight: the encoder stops there in forward()
+        self._stop_after = max((k for k in STAGES if self.layer_weights[k]), key=STAGES.index)
         self._freeze()
 
     def extra_repr(self) -> str:
         return f"layer_weights={self.layer_weights}, criterion={self.criterion!r}, weight={self.weight}, normalize={self.normalize}"
 
-    def _taps(self, x: torch.Tensor, depth: int) -> dict[str, torch.Tensor]:
+    def _taps(self, x: torch.Tensor, stop_after: str) -> dict[str, torch.Tensor]:
+        """The taps up to ``stop_after`` of ``x`` (checked here, encoded in float32 by the model's own pass)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an Nx3xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"expected float RGB in [0, 1], got dtype {x.dtype} (convert with x.float() / 255)")
         if min(x.shape[-2:]) < MIN_SIDE:
             raise ValueError(f"EncodingLoss needs sides of at least {MIN_SIDE} px, got {tuple(x.shape[-2:])}")
-        x = x.float()
-        h = (x - self.mean) / self.std
-        out: dict[str, torch.Tensor] = {}
-        for name, stage in zip(STAGES[:depth], self.encoder):
-            h = stage(h)
-            out[name] = h
-        return out
+        taps = STAGES[: STAGES.index(stop_after) + 1]
+        return self.model.encoder_forward(x.float(), taps, stop_after=stop_after)[1]
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """All four taps of ``x`` (Nx3xHxW RGB in [0, 1], any H, W >= 16), keyed by
         :data:`aeutils.model.STAGES`; for H = W = 128: stage1 NxC1x64x64, stage2/stage3 at 32x32,
         latent Nx1x32x32 (sides ``ceil(H/2)``, ``ceil(H/4)``). Differentiable w.r.t. ``x``."""
-        return self._taps(x, len(STAGES))
+        return self._taps(x, STAGES[-1])
 
     def compare(self, pred_feats: Mapping[str, torch.Tensor], target_feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The loss per image (shape N, before ``weight``) from two feature dicts of :meth:`features`."""
@@ -264,8 +261,8 @@ class EncodingLoss(_Frozen):
     def _per_image(self, pred: torch.Tensor, target: torch.Tensor, choice: "_speed.Choice") -> torch.Tensor:
         with _speed.running(choice, pred.device):
             with torch.no_grad():
-                target_feats = self._taps(_speed.prepare(target.detach(), choice), self._depth)
-            pred_feats = self._taps(_speed.prepare(pred, choice), self._depth)
+                target_feats = self._taps(_speed.prepare(target.detach(), choice), self._stop_after)
+            pred_feats = self._taps(_speed.prepare(pred, choice), self._stop_after)
         as_float = lambda f: {k: v.float() for k, v in f.items()}  # noqa: E731
         with torch.autocast(pred.device.type, enabled=False):  # the comparison stays float32
             return self.compare(as_float(pred_feats), as_float(target_feats)) * self.weight

@@ -189,14 +189,20 @@ class Autoencoder(nn.Module):
         check_size(x.shape[-2], x.shape[-1])
 
     def encoder_forward(
-        self, x: torch.Tensor, taps: tuple[str, ...] | list[str] = ()
+        self, x: torch.Tensor, taps: tuple[str, ...] | list[str] = (), *, stop_after: str | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One encoder pass over an input of **any** size: ``(latent, {tap: activation})``.
 
-        ``x``: Nx3xHxW RGB in [0, 1], H, W >= 1 pixels (no 4k+1 rule: the encoder is fully
+        The one place "normalise, then run the stages" is written: :meth:`encode`,
+        :meth:`encode_features`, :class:`aeutils.loss.EncodingLoss` and :mod:`aeutils.slidemap` all
+        call it. ``x``: Nx3xHxW RGB in [0, 1], H, W >= 1 pixels (no 4k+1 rule: the encoder is fully
         convolutional; latent side ``ceil(ceil(H/2)/2)``, latent pixel ``j`` centred on input pixel
-        ``4j``). ``taps``: names from :data:`STAGES` whose activations are also returned (stage1
-        Nx(widths[0])x(H/2)x(W/2), stage2/stage3 at H/4, latent Nx1x(H/4)x(W/4), sides rounded up).
+        ``4j``), computed in ``x``'s dtype. ``taps``: names from :data:`STAGES` whose activations are
+        also returned (stage1 Nx(widths[0])x(H/2)x(W/2), stage2 Nx(widths[1]) and stage3
+        Nx(widths[2]) at H/4, latent Nx(latent_channels)x(H/4)x(W/4), sides rounded up).
+        ``stop_after``: a name from :data:`STAGES`; the deeper stages are not run and the first value
+        returned is that stage's activation instead of the latent (a loss that only needs stage1 pays
+        for stage1 only).
         """
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(
@@ -204,12 +210,13 @@ class Autoencoder(nn.Module):
             )
         if not x.is_floating_point():
             raise ValueError(f"expected a float RGB batch in [0, 1], got dtype {x.dtype} (use x.float() / 255)")
-        unknown = [t for t in taps if t not in STAGES]
+        unknown = [t for t in (*taps, *([] if stop_after is None else [stop_after])) if t not in STAGES]
         if unknown:
             raise ValueError(f"unknown encoder taps {unknown}: choose from {', '.join(STAGES)}")
+        depth = len(STAGES) if stop_after is None else STAGES.index(stop_after) + 1
         h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         out: dict[str, torch.Tensor] = {}
-        for name, stage in zip(STAGES, self.encoder):
+        for name, stage in zip(STAGES[:depth], self.encoder):
             h = stage(h)
             if name in taps:
                 out[name] = h
@@ -218,8 +225,11 @@ class Autoencoder(nn.Module):
     def encode_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Activations at the end of each encoder stage and the latent, keyed by :data:`STAGES`.
 
-        ``x``: Nx3xHxW RGB in [0, 1], H, W = 1 (mod 4). Shapes for H = W = 181: stage1 Nx64x91x91,
-        stage2 Nx32x46x46, stage3 Nx8x46x46, latent Nx1x46x46.
+        ``x``: Nx3xHxW RGB in [0, 1], H, W = 1 (mod 4). Stage widths come from ``config.widths``
+        (``(w1, w2, w3)``): stage1 Nx(w1)x((H+1)/2)x((W+1)/2), stage2 Nx(w2) and stage3 Nx(w3) at
+        ((H+3)/4)x((W+3)/4), latent Nx(latent_channels) at the same size. For H = W = 181 and the
+        shipped model (widths 32, 32, 8): stage1 Nx32x91x91, stage2 Nx32x46x46, stage3 Nx8x46x46,
+        latent Nx1x46x46 (the default config's stage1 is 64 wide).
         """
         self._check_input(x)
         return self.encoder_forward(x, STAGES)[1]

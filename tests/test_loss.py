@@ -82,6 +82,38 @@ def test_fused_matches_model_features(model, pair):
         torch.testing.assert_close(ours[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
+def test_loss_encodes_with_the_models_own_pass_and_stops_at_its_deepest_tap(model, pair):
+    """The loss has no encoder loop of its own: its copy's encoder_forward runs, only up to the deepest
+    tap with a weight (stage2 here: stage3 and the latent conv never run), with the model's values."""
+    pred, target = pair
+    loss = EncodingLoss(model=model, layer_weights={"stage1": 1.0, "stage2": 0.5}, fuse=False, speed="fp32")
+    assert isinstance(loss.model, Autoencoder) and loss.model is not model
+    seen: list[tuple[tuple, dict]] = []
+    original = loss.model.encoder_forward
+    ran: list[int] = []
+    hooks = [s.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, s in enumerate(loss.model.encoder)]
+
+    def spy(x, taps=(), **kw):
+        seen.append((tuple(taps), kw))
+        return original(x, taps, **kw)
+
+    loss.model.encoder_forward = spy
+    try:
+        value = loss(pred, target)
+    finally:
+        del loss.model.encoder_forward
+        for h in hooks:
+            h.remove()
+    assert seen == [(("stage1", "stage2"), {"stop_after": "stage2"})] * 2  # target, then pred
+    assert sorted(set(ran)) == [0, 1]
+    with torch.no_grad():
+        fp = model.encoder_forward(pred, ("stage1", "stage2"))[1]
+        ft = model.encoder_forward(target, ("stage1", "stage2"))[1]
+    inst = lambda a: (a - a.mean((2, 3), keepdim=True)) / (a.var((2, 3), keepdim=True, unbiased=False) + 1e-8).sqrt()  # noqa: E731
+    expected = sum(w * (inst(fp[k]) - inst(ft[k])).abs().mean() for k, w in (("stage1", 1.0), ("stage2", 0.5)))
+    assert value.item() == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_invalid_sizes_and_shapes(model):
     loss = EncodingLoss(model=model)
     with pytest.raises(ValueError, match="at least 16"):

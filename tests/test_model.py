@@ -137,6 +137,34 @@ def test_encode_features_end_with_the_encoding() -> None:
     assert torch.equal(feats["latent"], z)
 
 
+def test_encoder_forward_taps_and_stop_after_any_size() -> None:
+    """encoder_forward takes any side (no 4k+1 rule), returns the taps asked for, and ``stop_after``
+    runs only the stages up to it, with the same values as the full pass."""
+    model = small_model()
+    x = batch(50, height=37)  # neither side is 4k+1: encode() would refuse it
+    with pytest.raises(ValueError, match="4k\\+1"):
+        model.encode(x)
+    calls: list[int] = []
+    hooks = [stage.register_forward_hook(lambda *_a, i=i: calls.append(i)) for i, stage in enumerate(model.encoder)]
+    try:
+        with torch.no_grad():
+            z, full = model.encoder_forward(x, STAGES)
+            assert calls == [0, 1, 2, 3]
+            calls.clear()
+            h, part = model.encoder_forward(x, ("stage1", "stage2"), stop_after="stage2")
+            assert calls == [0, 1]  # stage3 and the latent conv never ran
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert tuple(z.shape) == (2, 1, 10, 13) and torch.equal(z, full["latent"])
+    assert list(part) == ["stage1", "stage2"] and torch.equal(h, part["stage2"])
+    for k in part:
+        assert torch.equal(part[k], full[k])
+    assert tuple(full["stage1"].shape[1:]) == (model.config.widths[0], 19, 25)
+    with pytest.raises(ValueError, match="unknown encoder taps"):
+        model.encoder_forward(x, stop_after="conv5")
+
+
 def test_output_is_clamped_to_0_1_in_eval_only() -> None:
     model = small_model()
     with torch.no_grad():
