@@ -4,14 +4,32 @@ H&E tissue is coloured (pink/purple) while glass is white-grey and out-of-slide 
 so the mask thresholds the HSV *saturation* with Otsu's method (scikit-image), clipped to a range
 (0.07..0.2) so that a blank slide gives an empty mask and an all-tissue one a full mask, then removes
 small specks and fills small holes.
+
+Your own mask (:func:`user_mask`, ``extract(mask=...)``, ``--mask`` / ``--mask-dir``) replaces the
+detection: an H x W array or a PNG/TIFF file, nonzero = tissue, covering the whole slide at any
+resolution (its scale to level 0 is the shape ratio), as histolab's ``extraction_mask`` and
+TIAToolbox's ``input_mask``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TissueMask", "saturation", "tissue_mask", "detect_tissue"]
+from aeutils.errors import PatchError
+
+__all__ = ["TissueMask", "saturation", "tissue_mask", "detect_tissue", "read_mask", "mask_for_slide", "user_mask",
+           "MASK_SUFFIXES"]
+
+#: File names a mask folder is searched for, in this order: ``<slide stem><suffix>``.
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+#: A mask's aspect ratio may differ from its slide's by this fraction (or one mask pixel of rounding).
+ASPECT_TOLERANCE = 0.02
+#: Fewest mask pixels a side.
+MIN_MASK_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -21,12 +39,14 @@ class TissueMask:
     Attributes:
         mask: H x W bool, True = tissue.
         scale: ``(sx, sy)`` mask pixels per level-0 pixel (mask width / slide width, height / height).
-        threshold: the saturation threshold used (0..1).
+        threshold: the saturation threshold used (0..1; None for your own mask).
+        source: ``"auto"`` (detected on a thumbnail), or where your mask came from (its file, ``"array"``).
     """
 
     mask: np.ndarray
     scale: tuple[float, float]
-    threshold: float
+    threshold: float | None
+    source: str = "auto"
 
     def _integral(self) -> np.ndarray:
         cached = self.__dict__.get("_sat")
@@ -129,3 +149,99 @@ def detect_tissue(slide: "object", max_side: int = 2048) -> tuple[np.ndarray, Ti
     w0, h0 = slide.dimensions  # type: ignore[attr-defined]
     scale = (thumb.shape[1] / w0, thumb.shape[0] / h0)
     return thumb, TissueMask(mask=mask, scale=scale, threshold=threshold)
+
+
+# ---------------------------------------------------------------------------------------------------
+# your own mask
+
+
+def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """H x W bool of a mask image file (PNG, TIFF, or anything Pillow reads): nonzero = tissue.
+
+    Colour images count a pixel as tissue where any colour channel is nonzero (alpha is ignored);
+    multi-page TIFFs use their first page. Raises :class:`PatchError` naming the file if it cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PatchError(f"{path}: no such mask file")
+    arr: Any = None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+
+            arr = tifffile.imread(path, key=0)
+        except ImportError:
+            arr = None
+        except Exception as exc:
+            raise PatchError(f"{path}: cannot read the mask ({' '.join(str(exc).split())}); "
+                             f"expected a PNG or TIFF image") from None
+    if arr is None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                if im.mode == "P":
+                    im = im.convert("RGBA")
+                if im.mode in ("RGBA", "LA", "PA"):
+                    im = im.convert("RGB" if im.mode == "RGBA" else "L")
+                arr = np.asarray(im)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            raise PatchError(f"{path}: cannot read the mask ({' '.join(str(exc).split())}); "
+                             f"expected a PNG or TIFF image") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = arr[..., :3].any(axis=2)
+    if arr.ndim != 2:
+        raise PatchError(f"{path}: a mask must be one 2-D image (H x W), got shape {arr.shape}")
+    return arr != 0
+
+
+def mask_for_slide(mask: Any, name: str) -> Any:
+    """The mask of slide ``name`` among what a caller gave: a dict name -> mask, a folder of
+    ``<name>.png`` (or ``.tif``/``.tiff``), or one slide's mask (an array or a file) as is.
+
+    Raises :class:`PatchError` naming the folder (and the file it expected) when the slide has no mask.
+    """
+    if isinstance(mask, dict):
+        if name not in mask:
+            raise PatchError(f"no mask for slide {name} (the masks given are for {', '.join(sorted(mask)) or 'none'})")
+        return mask[name]
+    if isinstance(mask, (str, os.PathLike)) and Path(mask).is_dir():
+        for suffix in MASK_SUFFIXES:
+            if (Path(mask) / f"{name}{suffix}").is_file():
+                return Path(mask) / f"{name}{suffix}"
+        raise PatchError(f"{Path(mask) / (name + '.png')}: no mask for slide {name} in {mask} "
+                         f"(masks are named <slide stem>.png)")
+    return mask
+
+
+def user_mask(mask: Any, dimensions: tuple[int, int], *, slide: Any = None) -> TissueMask:
+    """A :class:`TissueMask` from your own mask of a slide whose level 0 is ``dimensions`` = (width, height).
+
+    ``mask``: an H x W array (nonzero = tissue) or a mask file (:func:`read_mask`), covering the whole
+    slide at any resolution: its scale to level 0 is ``(W / width, H / height)``. Raises
+    :class:`PatchError` naming the mask (and ``slide``) and both shapes when its aspect ratio differs from
+    the slide's by more than 2 % (and more than one mask pixel of rounding), or when it is under
+    8 px a side.
+    """
+    if isinstance(mask, (str, os.PathLike)):
+        source = str(mask)
+        arr = read_mask(mask)
+    else:
+        source = "array"
+        arr = np.asarray(mask)
+        if arr.ndim != 2:
+            raise PatchError(f"mask array: a mask must be 2-D (H x W), got shape {arr.shape}")
+        arr = arr.astype(bool) if arr.dtype != bool else arr
+    mh, mw = arr.shape
+    w0, h0 = int(dimensions[0]), int(dimensions[1])
+    of = f" for slide {slide}" if slide is not None else ""
+    shapes = f"mask {mw} x {mh} px, slide {w0} x {h0} px (width x height)"
+    if min(mh, mw) < MIN_MASK_SIDE:
+        raise PatchError(f"{source}: mask too small{of}: {shapes}; give at least {MIN_MASK_SIDE} px a side")
+    want_h, want_w = h0 * mw / w0, w0 * mh / h0  # the other side at each side's scale
+    if (abs(mh - want_h) > max(1.0, ASPECT_TOLERANCE * want_h)
+            and abs(mw - want_w) > max(1.0, ASPECT_TOLERANCE * want_w)):
+        raise PatchError(f"{source}: mask does not match the slide's shape{of}: {shapes}, aspect ratios "
+                         f"{mw / mh:.3f} vs {w0 / h0:.3f}; a mask covers the whole slide at any resolution")
+    return TissueMask(mask=arr, scale=(mw / w0, mh / h0), threshold=None, source=source)

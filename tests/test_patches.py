@@ -13,15 +13,13 @@ from PIL import Image
 from aeutils.errors import AnnotationError, PatchError, SlideError
 from aeutils.patches import (
     MANIFEST_COLUMNS,
-    _blocks,
-    _run_task,
-    _task_paths,
     extract,
     plan_grid,
     plan_slide,
     plot_grid,
     read_manifest,
 )
+from aeutils.patches.runner import blocks, run_task, task_paths
 from synthetic import asap_xml, expected_cells, rect_polygon, write_slide
 
 W, H = 1024, 768
@@ -99,11 +97,11 @@ def test_keep_needs_annotations(syn: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("level", [0, 1])
 def test_block_reads_equal_single_reads(syn: Path, tmp_path: Path, level: int) -> None:
     plan = plan_slide(syn, patch_size=64, level=level)
-    tasks = _blocks(plan, tmp_path, plan.cells)
+    tasks = blocks(plan, tmp_path, plan.cells)
     reads = [r for t in tasks for r in t[4]]
     assert len(reads) < len(plan.cells)  # neighbours really are read together
     for t in tasks:
-        assert _run_task(t)[:2] == (len(_task_paths(t)), None)
+        assert run_task(t)[:2] == (len(task_paths(t)), None)
     for c in plan.cells:
         got = np.asarray(Image.open(tmp_path / c.relpath(plan.name)))
         np.testing.assert_array_equal(got, _ref(syn, c.x, c.y, level, 64))
@@ -114,10 +112,10 @@ def test_non_integer_downsample_reads_per_patch(tmp_path: Path) -> None:
     plan = plan_slide(p, patch_size=100, level=1)
     assert not float(plan.downsample).is_integer()
     out = tmp_path / "o"
-    tasks = _blocks(plan, out, plan.cells)
+    tasks = blocks(plan, out, plan.cells)
     assert sum(len(t[4]) for t in tasks) == len(plan.cells)  # one read per cell
     for t in tasks:
-        _run_task(t)
+        run_task(t)
     for c in plan.cells:
         np.testing.assert_array_equal(np.asarray(Image.open(out / c.relpath(plan.name))), _ref(p, c.x, c.y, 1, 100))
 

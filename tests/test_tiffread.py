@@ -11,8 +11,9 @@ import openslide
 import pytest
 from PIL import Image
 
-from aeutils import patches, tiffread
-from aeutils.patches import _close_handles, _read_level, extract, read_manifest
+from aeutils import tiffread
+from aeutils.patches import extract, read_manifest
+from aeutils.patches.runner import close_handles, read_level, slide_handle
 from synthetic import real_tissue, upsampled_pyramid, write_tiff
 
 
@@ -20,7 +21,7 @@ from synthetic import real_tissue, upsampled_pyramid, write_tiff
 def _fresh_readers():
     tiffread.close_readers()
     yield
-    _close_handles()
+    close_handles()
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_a_bad_tile_gives_openslides_error(damage: str, tissue_tiff: Path, tmp_p
         k = int(np.argmax(page.dataoffsets)) if damage == "truncated" else 0
         off, n = int(page.dataoffsets[k]), int(page.databytecounts[k])
         tw, th, nx = page.tilewidth, page.tilelength, (page.imagewidth + page.tilewidth - 1) // page.tilewidth
-    osr = patches._osr(str(bad))
+    osr = slide_handle(str(bad))
     assert tiffread.tile_reader(bad, 0, osr) is not None  # verified on the intact file
     with open(bad, "r+b") as f:
         if damage == "truncated":
@@ -166,7 +167,7 @@ def test_a_bad_tile_gives_openslides_error(damage: str, tissue_tiff: Path, tmp_p
             f.write(bytes(n - n // 2))
     tx, ty = k % nx, k // nx
     with pytest.raises(openslide.OpenSlideError):
-        _read_level(str(bad), 0, 1.0, tx * tw, ty * th, 16, 16)
+        read_level(str(bad), 0, 1.0, tx * tw, ty * th, 16, 16)
 
 
 def test_verification_never_breaks_the_callers_handle(tissue_tiff: Path, tmp_path: Path) -> None:
@@ -183,10 +184,10 @@ def test_verification_never_breaks_the_callers_handle(tissue_tiff: Path, tmp_pat
     with open(bad, "r+b") as f:
         f.seek(off + n // 2)
         f.write(bytes(n - n // 2))
-    osr = patches._osr(str(bad))
+    osr = slide_handle(str(bad))
     assert tiffread.tile_reader(bad, 0, osr) is None
     assert "verification read failed" in tiffread.why_not(bad, 0)
-    got = _read_level(str(bad), 0, 1.0, 0, 0, 100, 80)
+    got = read_level(str(bad), 0, 1.0, 0, 0, 100, 80)
     np.testing.assert_array_equal(got, np.asarray(osr.read_region((0, 0), 0, (100, 80)).convert("RGB")))
 
 

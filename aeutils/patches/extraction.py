@@ -1,0 +1,239 @@
+"""``extract()``: slides -> PNG tree + ``manifest.csv`` + QC figures, resumable, on every core.
+
+The procedure: check every option once; pick this run's slides (duplicates, clashing names, shard);
+read what the output folder holds (:class:`~aeutils.patches.resume.OutFolder`); per slide plan the grid
+(:func:`~aeutils.patches.grid.plan_slide`), keep its finished patches, queue the rest as tasks on the
+pool (:mod:`aeutils.patches.runner`) and draw its QC figure while the pool works; collect the tasks,
+rewriting the manifest now and then; on the way out (Ctrl-C included) write the manifest of what is
+finished. Never imports torch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from aeutils.errors import AeutilsError, AnnotationError, PatchError, SlideError
+from aeutils.manifest import MANIFEST_NAME, shard_manifest_name
+from aeutils.patches.grid import (
+    SlidePlan, check_grid_options, check_positive, keep_label, norm_level, parse_shard, plan_slide, shard_of,
+)
+from aeutils.patches.qc import save_qc
+from aeutils.patches.resume import OutFolder, check_out, fold_shard_manifests
+from aeutils.patches.runner import Task, blocks, close_handles, default_workers, run_task, start_pool, task_paths
+from aeutils.scale import check_assume_mpp
+
+__all__ = ["extract", "MANIFEST_EVERY_S"]
+
+#: Seconds between manifest rewrites during a run (more on big runs: see extract).
+MANIFEST_EVERY_S = 10.0
+
+
+def _print(msg: str) -> None:
+    """Default ``log``: warnings to stderr, the rest (per-slide summaries) to stdout."""
+    print(msg, file=sys.stderr if msg.startswith("warning:") else sys.stdout, flush=True)
+
+
+def _check_mask(mask: Any, n_slides: int) -> None:
+    """One slide's mask (an array or a file) with several slides, or a mask path that is not there: refused."""
+    import numpy as np
+
+    if mask is None or isinstance(mask, dict):
+        return
+    if isinstance(mask, (str, os.PathLike)):
+        if not Path(mask).exists():
+            raise PatchError(f"{mask}: no such mask file or folder")
+        if Path(mask).is_dir():
+            return
+    elif not isinstance(mask, np.ndarray):
+        raise PatchError(f"mask must be a 2-D array, a PNG/TIFF file, a folder of <slide>.png or a dict, "
+                         f"got {type(mask).__name__}")
+    if n_slides > 1:
+        raise PatchError(f"one mask ({mask if not isinstance(mask, np.ndarray) else 'an array'}) for {n_slides} "
+                         f"slides: give a folder of <slide stem>.png masks (--mask-dir) or a dict name -> mask")
+
+
+def _this_runs_slides(
+    paths: list[Path], shard: tuple[int, int] | None, say: Callable[[str], None]
+) -> tuple[list[Path], list[AeutilsError]]:
+    """The slides of this run (each file once, in shard ``shard``) and one error per clashing name."""
+    unique: list[Path] = []
+    by_name: dict[str, Path] = {}
+    bad_names: list[tuple[Path, Path]] = []
+    resolved: set[Path] = set()
+    for p in paths:
+        rp = p.resolve() if p.exists() else p.absolute()
+        if rp in resolved:
+            say(f"warning: {p} is given more than once; extracted once")
+            continue
+        resolved.add(rp)
+        if p.stem in by_name:
+            bad_names.append((p, by_name[p.stem]))
+            continue
+        by_name[p.stem] = p
+        unique.append(p)
+    if shard is not None:
+        k, n = shard
+        unique = [p for p in unique if shard_of(p.stem, n) == k]
+        bad_names = [(p, q) for p, q in bad_names if shard_of(p.stem, n) == k]
+    errors: list[AeutilsError] = [
+        SlideError(f"{p}: slide name {p.stem!r} is taken by {q} in this run (patch files are named "
+                   f"<slide name>_<x>_<y>.png); rename one of them") for p, q in bad_names]
+    return unique, errors
+
+
+def extract(
+    slides: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    patch_size: int = 181,
+    level: int | None = 0,
+    mpp: float | None = None,
+    assume_mpp: float | None = None,
+    stride: int | None = None,
+    min_tissue: float = 0.5,
+    annotations: Any = None,
+    mask: Any = None,
+    keep: str | None = None,
+    max_patches: int | None = None,
+    seed: int = 0,
+    shard: str | tuple[int, int] | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+    on_error: Callable[[AeutilsError], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Cut the tissue cells of ``slides`` into ``out`` (PNG tree + manifest + QC figures).
+
+    Grid and scale parameters as in :func:`plan_slide` (``mpp``/``assume_mpp``: microns per pixel of
+    the patches / of the slides' level 0); ``mask``: your own tissue mask instead of the automatic one
+    (for one slide an H x W bool array or a PNG/TIFF file covering the whole slide at any resolution,
+    nonzero = tissue; for several a folder of ``<slide stem>.png`` or a dict slide name -> mask;
+    ``min_tissue`` then applies to the mask's fraction per patch; the manifest's ``tissue_source``
+    column says which mask); ``keep`` = ``"tumour"`` or ``"normal"`` (needs ``annotations``);
+    ``max_patches``: a seeded (``seed``) uniform sample per slide; ``shard`` = ``"K/N"``: only the
+    slides of shard K (by a stable hash of the name), manifest in ``manifest.shard-K-of-N.csv`` (merge
+    with :func:`aeutils.manifest.merge_manifests`, or rerun without ``shard``: finished patches are kept
+    and the shard files folded into ``manifest.csv``); ``overwrite``: replace a slide's earlier patches
+    made with other settings (otherwise refused); ``workers`` processes (default: every core).
+
+    Option errors are raised once, before any slide. A slide that fails (missing, not a slide,
+    corrupt, no tissue, bad annotations or mask, conflicting earlier run, ...) does not stop the others:
+    its error goes to ``on_error`` if given, otherwise the first one is raised after the other slides are
+    done. ``log`` receives the one-line notes: a warning when a slide's scale is unknown, one summary
+    line per finished slide (default: warnings to stderr, summaries to stdout, above the progress bar).
+    Returns the manifest path.
+
+    The pool forks on Linux; elsewhere it spawns, which re-imports the calling script: call ``extract``
+    from under ``if __name__ == "__main__":`` there (notebooks need nothing).
+    """
+    # -- options: checked once, before any slide --------------------------------------------------
+    paths = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
+    if not paths:
+        raise PatchError("no slides given")
+    size, _ = check_grid_options(patch_size, stride, min_tissue, max_patches)
+    keep_label(keep, annotations)
+    if isinstance(annotations, (str, os.PathLike)) and not Path(annotations).exists():
+        raise AnnotationError(f"{annotations}: no such annotation file or folder")
+    _check_mask(mask, len(paths))
+    level = norm_level(level, mpp)
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise PatchError(f"--mpp must be a positive number of microns per pixel, got {mpp:g}")
+    check_assume_mpp(assume_mpp)
+    shard_kn = parse_shard(shard)
+    nworkers = default_workers() if workers is None else check_positive("workers", workers)
+    out = Path(out)
+    check_out(out)
+
+    from tqdm.auto import tqdm
+
+    def say(msg: str) -> None:
+        with tqdm.external_write_mode(file=sys.stderr):
+            (log or _print)(msg)
+
+    errors: list[AeutilsError] = []
+
+    def fail(err: AeutilsError) -> None:
+        errors.append(err)
+        if on_error is not None:
+            with tqdm.external_write_mode(file=sys.stderr):
+                on_error(err)
+
+    # -- this run's slides and what the folder already holds ------------------------------------------
+    unique, name_errors = _this_runs_slides([Path(p) for p in paths], shard_kn, say)
+    for err in name_errors:
+        fail(err)
+    manifest = out / (MANIFEST_NAME if shard_kn is None else shard_manifest_name(*shard_kn))
+    folder = OutFolder(out, manifest, {p.stem for p in unique}, say)
+    # fork now, before any slide is open here
+    pool = start_pool(nworkers) if nworkers > 1 and unique else None
+    queued: list[tuple[SlidePlan, Task, Any]] = []  # (plan, task, AsyncResult or None: run inline)
+    left: dict[str, int] = {}  # slide -> tasks not finished yet
+
+    bar = tqdm(total=0, desc="patches", unit="patches", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    completed = False
+    try:
+        # Plan each slide, queue its tasks on the pool, then draw its QC figure while the pool works.
+        for p in unique:
+            try:
+                plan = plan_slide(p, size, level, stride, min_tissue, annotations, mpp=mpp, assume_mpp=assume_mpp,
+                                  keep=keep, max_patches=max_patches, seed=seed, mask=mask)
+                if plan.scale is not None and plan.scale.mpp is None:
+                    say(f"warning: {plan.scale.describe()}")
+                pending = folder.admit(plan, overwrite)
+            except AeutilsError as err:
+                fail(err)
+                continue
+            bar.total += len(plan.cells)
+            bar.update(len(plan.cells) - len(pending))
+            tasks = blocks(plan, out, pending)
+            left[plan.name] = len(tasks)
+            queued.extend((plan, t, None if pool is None else pool.apply_async(run_task, (t,))) for t in tasks)
+            save_qc(plan, folder.qc_path(plan.name))
+            plan.thumbnail = plan.thumbnail[:0]  # free memory; the QC figure is done
+            if not tasks:
+                say(folder.summary(plan))
+        bar.refresh()
+        # Collect the tasks in order; rewrite the manifest now and then.
+        last_write, every = time.monotonic(), MANIFEST_EVERY_S
+        for pl, task, res in queued:
+            if pl.name in folder.failed:
+                if res is not None:
+                    res.wait()
+                continue
+            bar.set_postfix_str(pl.name, refresh=False)
+            n, err, sizes = res.get() if res is not None else run_task(task)
+            folder.record(pl.name, task_paths(task), sizes)
+            bar.update(n)
+            if err is not None:
+                folder.failed.add(pl.name)
+                fail(SlideError(err) if not err.startswith(str(out)) else PatchError(err))
+                continue
+            left[pl.name] -= 1
+            if left[pl.name] == 0:
+                say(folder.summary(pl))
+            if time.monotonic() - last_write > every:
+                t0 = time.monotonic()
+                folder.write()
+                last_write = time.monotonic()
+                # Big runs (hundreds of slides): keep the periodic rewrite under ~5 % of the time.
+                every = max(MANIFEST_EVERY_S, 20 * (last_write - t0))
+        completed = True
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        close_handles()
+        if completed:
+            folder.remove_failed()
+        manifest = folder.write()
+        if completed and shard_kn is None:
+            fold_shard_manifests(out, {pl.name for pl in folder.plans} - folder.failed)
+    if errors and on_error is None:
+        raise errors[0]
+    return manifest
