@@ -6,7 +6,7 @@ with :mod:`aeutils.slides`) show a box at the current patch. The location is cho
 ``y`` sliders (patch centre, input pixels at the chosen scale), or by a click on either thumbnail
 (:meth:`SlideExplorer.click`; live mouse clicks need the optional ``ipyevents`` package, without it
 the sliders do the same). Each move reads one ``size`` px patch (:func:`aeutils.scale.read_scaled`),
-runs the model on it (:func:`aeutils.viz.encode_batch`) and redraws one reused
+runs the model on it (:func:`aeutils.encoding.encode_batch`) and redraws one reused
 :class:`aeutils.viz.PatchPanel`: input | encoding view | reconstruction | error.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ class SlideExplorer:
     Controls (set ``.value`` from code, or use the mouse): ``x``, ``y`` (IntSliders, patch centre in
     input px), ``view`` (ToggleButtons over :data:`aeutils.viz.VIEWS`). ``widget`` is the whole thing
     to display; ``image`` the panel (PNG), ``thumb`` / ``map`` the thumbnails; ``renders`` counts
-    redraws; ``encoded`` is the current :class:`aeutils.viz.Encoded` (one patch).
+    redraws; ``encoded`` is the current :class:`aeutils.encoding.EncodedBatch` (one patch).
     """
 
     def __init__(
@@ -200,14 +200,11 @@ class SlideExplorer:
 
     def redraw(self, reencode: bool = True) -> bytes:
         """Re-read and re-encode the patch (unless only the view changed), redraw; returns the panel PNG."""
-        import torch
-
-        from aeutils.viz import encode_batch, figure_png, patch_panel
+        from aeutils.encoding import encode_batch, rgb_batch
+        from aeutils.viz import figure_png, patch_panel
 
         if reencode or self.encoded is None:
-            rgb = self.read_patch()
-            x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 255
-            self.encoded = encode_batch(self.model, x)
+            self.encoded = encode_batch(self.model, rgb_batch(self.read_patch()))
         e = self.encoded
         patch_panel(e.inputs[0], e.latent[0], e.outputs[0], view=self.view.value, mpp=self.mpp, panel=self.panel)
         png = figure_png(self.panel.figure)

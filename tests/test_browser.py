@@ -130,9 +130,9 @@ def test_notebook04_explorer_in_chromium(lab: tuple[str, str, Path], tmp_path: P
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
 
-            # the last cell drives the explorer from code and prints when its assertions passed;
+            # the last cell shows the slide explorer, whose status line names the patch centre;
             # a cell that raises stops Run All: fail at once with its traceback instead of timing out
-            done = page.get_by_text(re.compile(r"\d+ redraws, panel PNG"))
+            done = page.get_by_text(re.compile(r"patch centre \(\d+, \d+\) px"))
             failed = page.locator(  # JupyterLab renders a traceback as stderr text
                 '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]', has_text="Traceback"
             )
@@ -150,14 +150,14 @@ def test_notebook04_explorer_in_chromium(lab: tuple[str, str, Path], tmp_path: P
             img = explorer.locator("img.mscopy-explorer-panel")
             status = explorer.get_by_text(re.compile(r"^patch \d+ of 3"))
             expect(handle).to_be_visible(timeout=T)  # a real widget view, not the text fallback
-            expect(readout).to_have_text("0", timeout=T)
+            expect(readout).to_have_text("1", timeout=T)  # the slider counts from 1, like the title
             expect(status).to_contain_text("patch 1 of 3", timeout=T)
             expect(img).to_have_attribute("src", re.compile(r"^(blob:|data:image/png)"), timeout=T)
             src0 = img.get_attribute("src")
 
-            handle.focus()  # keyboard: 0 -> 1
+            handle.focus()  # keyboard: 1 -> 2
             page.keyboard.press("ArrowRight")
-            expect(readout).to_have_text("1", timeout=T)
+            expect(readout).to_have_text("2", timeout=T)
             expect(status).to_contain_text("patch 2 of 3", timeout=T)
             expect(img).not_to_have_attribute("src", src0, timeout=T)
             src1 = img.get_attribute("src")
@@ -170,7 +170,7 @@ def test_notebook04_explorer_in_chromium(lab: tuple[str, str, Path], tmp_path: P
             page.mouse.down()
             page.mouse.move(track["x"] + track["width"] + 20, y, steps=10)
             page.mouse.up()
-            expect(readout).to_have_text("2", timeout=T)
+            expect(readout).to_have_text("3", timeout=T)
             expect(status).to_contain_text("patch 3 of 3", timeout=T)  # the final value, not an intermediate one
             expect(img).not_to_have_attribute("src", src1, timeout=T)
             expect(idle).to_be_visible(timeout=T)

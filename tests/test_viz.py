@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 
 from aeutils import viz  # noqa: E402
 from aeutils.checkpoint import save_checkpoint  # noqa: E402
+from aeutils.encoding import encode_batch  # noqa: E402
 from aeutils.model import Autoencoder, AutoencoderConfig  # noqa: E402
 
 TINY = AutoencoderConfig(widths=(8, 8, 4), n_blocks=1)
@@ -145,7 +146,7 @@ def test_scale_descriptions() -> None:
 
 
 def test_grid_figures_title_true_shapes(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
-    e = viz.encode_batch(tiny_model, patches)
+    e = encode_batch(tiny_model, patches)
     fig = viz.encoding_grid_figure(e.latent, "equalize")
     title = fig._suptitle.get_text()
     assert "5 x 1x46x46 px" in title and "1.996 \u00b5m/px" in title and "equalisation" in title
@@ -155,28 +156,11 @@ def test_grid_figures_title_true_shapes(tiny_model: Autoencoder, patches: "torch
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-# ------------------------------------------------------------------------------------------- model + panel
-def test_encode_batch_shapes_and_metrics(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
-    from aeutils.metrics import psnr, ssim
-
-    e = viz.encode_batch(tiny_model, patches, features=True, batch_size=2)
-    assert tuple(e.latent.shape) == (5, 1, 46, 46)
-    assert tuple(e.outputs.shape) == (5, 3, 181, 181)
-    assert float(e.outputs.min()) >= 0 and float(e.outputs.max()) <= 1
-    assert {k: tuple(v.shape) for k, v in e.features.items()} == {
-        "stage1": (5, 8, 91, 91), "stage2": (5, 8, 46, 46), "stage3": (5, 4, 46, 46), "latent": (5, 1, 46, 46)
-    }
-    torch.testing.assert_close(e.features["latent"], e.latent)
-    torch.testing.assert_close(e.psnr, psnr(e.outputs, patches))
-    torch.testing.assert_close(e.ssim, ssim(e.outputs, patches))
-    with torch.inference_mode():
-        torch.testing.assert_close(e.latent, tiny_model.encode(patches), atol=1e-5, rtol=1e-5)
-
-
+# ------------------------------------------------------------------------------------------- panel
 def test_panel_reports_metrics(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
     from aeutils.metrics import psnr
 
-    e = viz.encode_batch(tiny_model, patches[:1])
+    e = encode_batch(tiny_model, patches[:1])
     fig = viz.patch_panel(e.inputs[0], e.latent[0], e.outputs[0], view="clahe")
     text = fig._suptitle.get_text()
     assert f"PSNR {float(psnr(e.outputs, e.inputs)[0]):.2f} dB" in text and "SSIM" in text
@@ -200,7 +184,7 @@ def test_explorer_controls_redraw(explorer: "viz.Explorer") -> None:
 
     ex = explorer
     assert isinstance(ex.widget, w.VBox) and isinstance(ex.image, w.Image)
-    assert ex.index.max == 4 and ex.view.value == "raw"
+    assert (ex.index.min, ex.index.max, ex.index.value) == (1, 5, 1) and ex.view.value == "raw"
     seen = {bytes(ex.image.value)}
 
     def changed() -> bytes:
@@ -210,9 +194,10 @@ def test_explorer_controls_redraw(explorer: "viz.Explorer") -> None:
         seen.add(png)
         return png
 
-    ex.index.value = 3
+    ex.index.value = 4  # the slider, the title and the status line count alike, from 1
     changed()
-    assert "patch 4 of 5" in ex.status.value
+    assert ex.position == 3 and "patch 4 of 5" in ex.status.value
+    assert ex.panel.figure._suptitle.get_text().startswith("patch 4/5: ")
     assert ex.percentiles.disabled
     ex.view.value = "stretch"
     assert not ex.percentiles.disabled
@@ -235,11 +220,35 @@ def test_explorer_controls_redraw(explorer: "viz.Explorer") -> None:
 
 def test_explorer_redraw_matches_panel(explorer: "viz.Explorer") -> None:
     ex = explorer
-    ex.index.value = 2
+    ex.index.value = 3  # patch 3 of 5: the batch's third item
     e = ex.encoded
     assert f"PSNR {float(e.psnr[2]):.2f} dB" in ex.panel.figure._suptitle.get_text()
     view_map, _ = ex.current_map()
     np.testing.assert_allclose(view_map, viz.encoding_view(e.latent[2], "raw"))
+
+
+def test_explorer_driven_like_a_reader_in_notebook_04(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
+    """What notebook 04's reader does (was its assert cell): the last patch, the stretch view with other
+    percentiles, a stage1 channel; every step redraws, and slider, title and status name the same patch."""
+    ex = viz.Explorer(encode_batch(tiny_model, patches, features=True), mpp=0.499, size_px=(500, 160))
+    images = [bytes(ex.image.value)]
+    ex.index.value = ex.index.max
+    images.append(bytes(ex.image.value))
+    n = patches.shape[0]
+    assert ex.index.value == n and ex.position == n - 1
+    assert ex.panel.figure._suptitle.get_text().startswith(f"patch {n}/{n}: ") and f"patch {n} of {n}" in ex.status.value
+    ex.view.value = "stretch"
+    ex.percentiles.value = (10.0, 90.0)
+    images.append(bytes(ex.image.value))
+    ex.stage.value = "stage1"
+    ex.channel.value = 3
+    images.append(bytes(ex.image.value))
+    assert len(set(images)) == len(images), "a control did not redraw the panel"
+    assert "stage1 channel 3" in ex.panel.axes[1].get_title()
+    ex.stage.value, ex.index.value = "latent", 1
+    assert ex.panel.figure._suptitle.get_text().startswith(f"patch 1/{n}: ")
+    assert "higher is better" in ex.panel.figure._suptitle.get_text()  # which direction PSNR/SSIM are good
+    assert "lower is better" in ex.panel.axes[3].get_title()  # and the error map
 
 
 def test_explorer_no_figure_leak(explorer: "viz.Explorer") -> None:
@@ -255,7 +264,7 @@ def test_explorer_no_figure_leak(explorer: "viz.Explorer") -> None:
     artists_before = sum(len(ax.get_children()) for ax in ex.panel.figure.axes)
     renders = ex.renders
     for i in range(100):
-        ex.index.value = (i * 3 + 1) % 5
+        ex.index.value = (i * 3 + 1) % 5 + 1
         if i % 10 == 0:
             ex.view.value = viz.VIEWS[(i // 10) % len(viz.VIEWS)]
     gc.collect()
@@ -271,7 +280,7 @@ def test_explorer_from_checkpoint_and_folder(tiny_ckpt: Path, patches: "torch.Te
     for i, p in enumerate(patches[:3]):
         Image.fromarray((p.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / f"p{i}.png")
     ex = viz.Explorer(tmp_path, str(tiny_ckpt))
-    assert ex.index.max == 2 and ex.mpp is None
+    assert ex.index.max == 3 and ex.mpp is None
     assert "pixel size unknown" in ex.panel.axes[0].get_title()
     torch.testing.assert_close(ex.encoded.inputs, patches[:3], atol=1 / 255, rtol=0)
 
@@ -287,14 +296,14 @@ def test_explorer_on_an_extraction_folder(tiny_model: Autoencoder, patches: "tor
         rows.append(f"{name},s,1,{i * 362},0,181,0.998,1.0,0.0,0")  # label 0 = normal (patches.LABEL_DIRS)
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     ex = viz.Explorer(tmp_path, tiny_model)
-    assert ex.index.max == 1 and ex.mpp == pytest.approx(0.998)  # level 1: the manifest's pixel size
+    assert ex.index.max == 2 and ex.mpp == pytest.approx(0.998)  # level 1: the manifest's pixel size
     assert "0.998 \u00b5m/px" in ex.panel.axes[0].get_title() and "3.992 \u00b5m/px" in ex.panel.axes[1].get_title()
 
 
 def test_explorer_defaults_to_shipped_model_and_sample(tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MSCOPY_PRETRAINED", str(tiny_ckpt))
     ex = viz.Explorer(n=2)
-    assert ex.index.max == 1 and ex.mpp == pytest.approx(0.499)
+    assert ex.index.max == 2 and ex.mpp == pytest.approx(0.499)
     assert tuple(ex.encoded.inputs.shape) == (2, 3, 181, 181)
     assert "0.499 \u00b5m/px" in ex.panel.axes[0].get_title()
 
@@ -345,32 +354,11 @@ def test_import_aeutils_does_not_import_viz() -> None:
 
 
 def test_explorer_reuses_an_encoded_batch(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
-    e = viz.encode_batch(tiny_model, patches[:2])  # no features: only the latent is offered
+    e = encode_batch(tiny_model, patches[:2])  # no features: only the latent is offered
     ex = viz.Explorer(e, mpp=0.499)
     assert ex.encoded is e and list(ex.stage.options) == ["latent"]
     before = bytes(ex.image.value)
-    ex.index.value = 1
+    ex.index.value = 2
     assert bytes(ex.image.value) != before
 
 
-def test_encode_batch_speed_choices(tiny_model: Autoencoder, patches: "torch.Tensor", monkeypatch: pytest.MonkeyPatch) -> None:
-    from aeutils import speed
-
-    monkeypatch.delenv(speed.ENV, raising=False)
-    speed.clear_cache()
-    ref = viz.encode_batch(tiny_model, patches, batch_size=2, speed="fp32")
-    for name in speed.CANDIDATES[1:]:
-        e = viz.encode_batch(tiny_model, patches, batch_size=2, speed=name)
-        assert e.outputs.dtype == torch.float32 and e.outputs.is_contiguous() and e.outputs.shape == ref.outputs.shape
-        tol = 0.05 if speed.Choice(name).amp else 1e-5
-        assert (e.outputs - ref.outputs).abs().max() < tol and (e.latent - ref.latent).abs().max() < 10 * tol, name
-    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in tiny_model.parameters())  # model untouched
-    with pytest.raises(ValueError, match="speed"):
-        viz.encode_batch(tiny_model, patches, speed="fast")
-    # auto with a forced probe: measured once for the chunk shape, then reused, same results within bf16
-    monkeypatch.setenv(speed.ENV, "probe")
-    e = viz.encode_batch(tiny_model, patches, batch_size=2)
-    assert (e.outputs - ref.outputs).abs().max() < 0.05
-    chosen = speed.inference_choice(tiny_model, (2, 3, 181, 181), verbose=False)
-    assert chosen.source == "probe" and set(chosen.rates) == set(speed.CANDIDATES)
-    speed.clear_cache()
