@@ -168,7 +168,7 @@ def test_cli_bad_option_is_one_error_line(patch_dir: Path, tmp_path: Path, optio
 
 def test_ddp_backend_follows_the_rank_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """A CPU device pairs with gloo even on a GPU host; a bare "cuda" under torchrun is cuda:LOCAL_RANK."""
-    import aeutils.training as tr
+    import aeutils.training.distributed as tr
 
     seen: list[str] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a GPU host
@@ -181,11 +181,11 @@ def test_ddp_backend_follows_the_rank_device(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.delenv("MSCOPY_DEVICE", raising=False)
-    assert tr._dist_setup(tr._rank_device("cpu")) == (1, 2, True) and seen == ["gloo"]
+    assert tr.setup_process_group(tr.rank_device("cpu")) == (1, 2, True) and seen == ["gloo"]
     seen.clear()
-    dev = tr._rank_device("cuda")
+    dev = tr.rank_device("cuda")
     assert dev == torch.device("cuda", 1)
-    tr._dist_setup(dev)
+    tr.setup_process_group(dev)
     assert seen == ["cuda:1", "nccl"]
 
 

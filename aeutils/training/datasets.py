@@ -1,0 +1,123 @@
+"""The run's data: training and validation datasets over the patch folder (split as in
+:mod:`aeutils.data`), every image checked before the first epoch (so a corrupt file costs no
+training), and the per-epoch loaders (seeded shuffling; a DistributedSampler under ``torchrun``)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from aeutils.data import PatchDataset, read_image
+from aeutils.errors import TrainingError
+from aeutils.training.config import TrainConfig
+
+__all__ = ["RunData", "run_data", "check_manifest", "check_images", "default_workers", "val_batches"]
+
+
+@dataclass
+class RunData:
+    """The datasets of a run: ``train`` (random ``crop`` x ``crop`` crops, augmented), ``val`` (whole
+    4k+1 patches, at most ``val_limit`` of them, evenly spaced), optimiser steps per epoch (all ranks
+    together) and DataLoader ``workers`` per rank."""
+
+    train: PatchDataset
+    val: Any
+    steps_per_epoch: int
+    workers: int
+
+    def loader(self, cfg: TrainConfig, epoch: int, rank: int, world: int, device: torch.device) -> Any:
+        """The training batches of ``epoch`` (0-based): shuffled by a generator seeded from the seed and
+        the epoch (so a resumed run draws the same order), across ranks by a DistributedSampler."""
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(self.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                         drop_last=True)
+            sampler.set_epoch(epoch)
+        return DataLoader(
+            self.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+            num_workers=self.workers, pin_memory=device.type == "cuda", timeout=300 if self.workers else 0,
+            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
+            persistent_workers=False,
+        )
+
+
+def run_data(patches_dir: Path, cfg: TrainConfig, device: torch.device, world: int) -> RunData:
+    """The :class:`RunData` of ``patches_dir``; TrainingError for fewer patches than one batch on every
+    rank, PatchError (naming the file) for a missing or corrupt image."""
+    from torch.utils.data import Subset
+
+    train_ds = PatchDataset(patches_dir, "train", crop=cfg.crop, stain_jitter=cfg.stain_jitter)
+    if len(train_ds) < cfg.batch_size * world:
+        raise TrainingError(
+            f"{patches_dir}: {len(train_ds)} training patches, fewer than one batch ({cfg.batch_size} x {world} processes)"
+        )
+    val_full = PatchDataset(patches_dir, "val", crop=_val_crop(train_ds, cfg.crop), augment=False)
+    val_ds: Any = val_full
+    if cfg.val_limit is not None and len(val_full) > cfg.val_limit:
+        val_ds = Subset(val_full, np.linspace(0, len(val_full) - 1, cfg.val_limit).round().astype(int).tolist())
+    workers = default_workers(device, world) if cfg.workers is None else cfg.workers
+    check_images(train_ds, val_ds)  # a corrupt patch is found now, not after an epoch of training
+    return RunData(train_ds, val_ds, len(train_ds) // (cfg.batch_size * world), workers)
+
+
+def check_manifest(patches_dir: Path) -> None:
+    """A manifest that lists no patches (header only) is said so, before the data module looks for images."""
+    manifest = patches_dir if patches_dir.name == "manifest.csv" else patches_dir / "manifest.csv"
+    if manifest.is_file():
+        from aeutils.manifest import read_manifest
+
+        if not read_manifest(manifest):
+            raise TrainingError(f"no patches listed in {manifest} (an extraction that found no tissue? rerun extract)")
+
+
+def check_images(train_ds: Any, val_ds: Any) -> None:
+    """Every image checked before the first epoch, so a bad file does not cost an epoch: the
+    validation patches this run uses are decoded (they are read every epoch anyway), the training
+    ones structure-checked (PIL ``verify``: chunks and CRCs, no decoding). PatchError names the file."""
+    from PIL import Image
+
+    from aeutils.errors import PatchError
+
+    for i in range(len(val_ds)):
+        val_ds[i]
+    for rec in train_ds.records:
+        try:
+            with Image.open(rec.path) as im:
+                im.verify()
+        except FileNotFoundError:
+            raise PatchError(f"{rec.path}: patch image is missing") from None
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+            raise PatchError(f"{rec.path}: corrupt or unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def default_workers(device: torch.device, world: int) -> int:
+    """DataLoader workers per rank from the cores this process may use (CPU affinity, not the host's count)."""
+    try:
+        cpus = max(1, len(os.sched_getaffinity(0)))  # type: ignore[attr-defined]
+    except AttributeError:
+        cpus = max(1, os.cpu_count() or 1)
+    per_rank = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    if device.type == "cuda":
+        return min(8, max(1, per_rank - 1))
+    return 0 if per_rank <= 2 else min(4, per_rank // 2)
+
+
+def _val_crop(ds: PatchDataset, crop: int) -> int:
+    """Validate on the whole patch (largest 4k+1 side that fits), so metrics are comparable across crops."""
+    if not len(ds):
+        return crop
+    h, w = read_image(ds.records[0].path).shape[:2]
+    side = min(h, w)
+    return max(5, side - (side - 1) % 4)
+
+
+def val_batches(ds: Any, batch_size: int) -> Iterable[torch.Tensor]:
+    """``ds`` (validation images, no augmentation) as stacked Nx3xHxW batches of ``batch_size``, in order."""
+    for i in range(0, len(ds), batch_size):
+        yield torch.stack([ds[j] for j in range(i, min(len(ds), i + batch_size))])

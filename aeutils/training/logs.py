@@ -1,0 +1,101 @@
+"""What a run records as it goes: ``log.csv`` (one row per epoch, rewritten atomically, read back on
+resume), TensorBoard (step loss and LR, epoch metrics, an input / reconstruction grid) and the few
+printed lines (a banner, an epoch line every N epochs, a progress bar)."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from aeutils.io import atomic_write_text
+from aeutils.training.trainer import Trainer
+
+__all__ = ["LOG_NAME", "read_log", "write_log", "open_writer", "log_step", "log_epoch", "epoch_line", "epoch_bar"]
+
+LOG_NAME = "log.csv"
+
+#: the per-epoch columns that also go to TensorBoard (as ``epoch/<name>``)
+EPOCH_SCALARS = ("train_loss", "val_loss", "val_psnr", "val_ssim", "images_per_s")
+
+
+def read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    """The rows of ``log.csv`` up to ``upto_epoch`` (numbers parsed); ``[]`` if there is no log."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return [r for r in rows if int(r["epoch"]) <= upto_epoch]
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """``rows`` as CSV (columns in first-seen order, floats to 6 significant digits), atomically."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def open_writer(out: Path, global_step: int) -> Any:
+    """A TensorBoard SummaryWriter on ``out/tensorboard`` (a resumed run's later events purged)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"), purge_step=global_step or None)
+
+
+def log_step(writer: Any, trainer: Trainer, loss: float) -> None:
+    """The step loss and learning rate at ``trainer.global_step``."""
+    writer.add_scalar("train/loss_step", loss, trainer.global_step)
+    writer.add_scalar("train/lr", trainer.lr, trainer.global_step)
+
+
+def log_epoch(writer: Any, trainer: Trainer, val_ds: Any, row: dict[str, Any]) -> None:
+    """An epoch's :data:`EPOCH_SCALARS` and the input / reconstruction grid, flushed."""
+    epoch = row["epoch"]
+    for k in EPOCH_SCALARS:
+        writer.add_scalar(f"epoch/{k}", row[k], epoch)
+    _log_images(writer, trainer, val_ds, epoch)
+    writer.flush()
+
+
+def _log_images(writer: Any, trainer: Trainer, val_ds: Any, epoch: int, n: int = 8) -> None:
+    """Input (top row) / reconstruction (bottom row) grid of the first validation patches."""
+    if not len(val_ds):
+        return
+    from torchvision.utils import make_grid
+
+    x = torch.stack([val_ds[i] for i in range(min(n, len(val_ds)))])
+    y, _ = trainer.reconstruct(x)
+    writer.add_image("val/input_vs_reconstruction", make_grid(torch.cat([x, y.cpu()]), nrow=x.shape[0]), epoch)
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """``epoch 3/10: train loss ..., val PSNR ... dB, SSIM ..., ... img/s (best)`` for a log row."""
+    return (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.5f}, val PSNR {row['val_psnr']:.2f} dB, "
+        f"SSIM {row['val_ssim']:.4f}, {row['images_per_s']:.1f} img/s{' (best)' if row['best'] else ''}"
+    )
+
+
+def epoch_bar(total: int, epoch: int, epochs: int) -> Any:
+    """A tqdm bar over an epoch's ``total`` steps (not left behind when done)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)

@@ -1,0 +1,81 @@
+"""The run folder: ``config.json`` (the patch folder and the :class:`TrainConfig`, so a run is
+reproducible from its folder), whether a call starts, continues or refuses the run already there,
+and :func:`find_runs` (the finished runs notebooks 04 and 05 pick up from notebook 03)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from aeutils.errors import TrainingError
+from aeutils.io import atomic_write_text
+from aeutils.training.config import TrainConfig, config_differences
+
+__all__ = ["CONFIG_NAME", "write_run_config", "read_run_config", "resume_decision", "find_runs"]
+
+CONFIG_NAME = "config.json"
+
+
+def write_run_config(out: Path, patches_dir: Path, config: TrainConfig) -> Path:
+    """``out/config.json`` (atomic): the patch folder and the TrainConfig, so the run is reproducible."""
+    data = {"patches_dir": str(patches_dir), **config.to_dict()}
+    return atomic_write_text(out / CONFIG_NAME, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
+    """``(patches_dir, TrainConfig)`` from a run folder's ``config.json``; TrainingError naming the file if unreadable."""
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+        patches = Path(data.pop("patches_dir"))
+        return patches, TrainConfig.from_dict(data)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no such run config") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"{path}: not a run config ({exc})") from None
+
+
+def resume_decision(out: Path, cfg: TrainConfig) -> bool:
+    """Whether this call continues the run in ``out`` (True) or starts one (False), from
+    ``cfg.resume`` and what the folder holds; a TrainingError saying what to pass otherwise
+    (a run there without ``resume``; ``resume="auto"`` and a run with another recipe; ``resume=True``
+    and no ``last.pt``). Nothing is read beyond ``config.json``, nothing written."""
+    last = out / "last.pt"
+    resume = cfg.resume
+    if resume == "auto":
+        if last.exists() and (out / CONFIG_NAME).exists():
+            diff = config_differences(read_run_config(out)[1], cfg)
+            if diff:
+                raise TrainingError(
+                    f"{out}: already holds a run with other settings ({'; '.join(diff)}); pass --resume to "
+                    f"continue it with these, or choose another --out"
+                )
+        resume = last.exists()
+    if last.exists() and not resume:
+        raise TrainingError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
+    if resume and not last.exists():
+        raise TrainingError(f"{last}: nothing to resume (no last.pt in the run folder)")
+    return bool(resume)
+
+
+def find_runs(runs_dir: str | os.PathLike[str], *, finished: bool = True) -> list[Path]:
+    """Run folders directly under ``runs_dir`` (``config.json`` + ``best.pt``), newest ``best.pt``
+    first; ``finished``: only those whose ``last.pt`` reached the configured epochs (what notebooks
+    04 and 05 pick up from notebook 03). ``[]`` if there are none or ``runs_dir`` does not exist."""
+    from aeutils.checkpoint import read_checkpoint
+    from aeutils.errors import AeutilsError
+
+    root = Path(runs_dir)
+    found = []
+    for run in (d for d in (root.iterdir() if root.is_dir() else ()) if d.is_dir()):
+        if not ((run / CONFIG_NAME).is_file() and (run / "best.pt").is_file()):
+            continue
+        if finished:
+            try:
+                done = int(read_checkpoint(run / "last.pt")["meta"].get("epoch", 0))
+                if done < read_run_config(run)[1].epochs:
+                    continue
+            except (AeutilsError, ValueError, TypeError):
+                continue
+        found.append(run)
+    return sorted(found, key=lambda d: (d / "best.pt").stat().st_mtime, reverse=True)
