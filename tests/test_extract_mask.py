@@ -180,3 +180,21 @@ def test_cli_mask_dir(syn: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "tissue from your mask" in r.stdout
     assert {(x["x"], x["y"]) for x in read_manifest(tmp_path / "o")} == set(expected_cells(W, H, [MASKED], 128))
+
+
+def test_qc_figure_outlines_and_names_your_mask(syn: Path, tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from aeutils.patches import plot_grid
+
+    f = tmp_path / "left.png"
+    Image.fromarray(mask_of([MASKED])).save(f)
+    plan = plan_slide(syn, patch_size=64, mask=f)
+    ax = plot_grid(plan, plan.cells)
+    assert ax.get_title() == "syn: 16 patches (unlabeled 16); tissue: your mask left.png"
+    # The yellow outline is your mask's: its contour lies on the masked rectangle's edge, not on the tissue.
+    (contour,) = [c for c in ax.collections if type(c).__name__ in ("QuadContourSet", "ContourSet")]
+    xy = np.concatenate([p.vertices for p in contour.get_paths()])
+    sx = plan.thumbnail.shape[1] / W
+    assert xy[:, 0].max() == pytest.approx(256 * sx, abs=3) and xy[:, 1].min() == pytest.approx(512 * sx, abs=3)
