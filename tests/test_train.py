@@ -459,3 +459,16 @@ def test_header_only_manifest_says_no_patches_are_listed(patch_dir: Path, tmp_pa
         train(empty, tmp_path / "run", epochs=1, **FAST)
     assert str(info.value).startswith(f"no patches listed in {empty / 'manifest.csv'}")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_long_run_prints_about_twenty_epoch_lines() -> None:
+    """Notebook 03 at its full settings (130 epochs) prints 20 epoch lines, not 130, so its training cell
+    stays under 40 lines; a resumed call prints its first epoch, a stopped one its last, then every Nth."""
+    from aeutils.training.logs import epoch_printed
+
+    shown = [e for e in range(1, 131) if epoch_printed(e, 130)]
+    assert shown[:3] == [1, 7, 14] and shown[-2:] == [126, 130] and len(shown) == 20
+    resumed = [e for e in range(61, 131) if epoch_printed(e, 130, start_epoch=60)]
+    assert resumed[:2] == [61, 63] and len(resumed) == 12
+    assert epoch_printed(5, 130, stopped=True) and not epoch_printed(5, 130)
+    assert [e for e in range(1, 6) if epoch_printed(e, 5, print_every=4)] == [1, 4, 5]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +14,8 @@ import torch
 from aeutils.io import atomic_write_text
 from aeutils.training.trainer import Trainer
 
-__all__ = ["LOG_NAME", "read_log", "write_log", "open_writer", "log_step", "log_epoch", "epoch_line", "epoch_bar"]
+__all__ = ["LOG_NAME", "read_log", "write_log", "open_writer", "log_step", "log_epoch", "epoch_line", "epoch_printed",
+           "epoch_bar"]
 
 LOG_NAME = "log.csv"
 
@@ -92,6 +94,14 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
         f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.5f}, val PSNR {row['val_psnr']:.2f} dB, "
         f"SSIM {row['val_ssim']:.4f}, {row['images_per_s']:.1f} img/s{' (best)' if row['best'] else ''}"
     )
+
+
+def epoch_printed(epoch: int, epochs: int, *, start_epoch: int = 0, print_every: int | None = None,
+                  stopped: bool = False) -> bool:
+    """Whether the line of ``epoch`` (1-based) is printed: every ``print_every`` epochs (None: about
+    20 lines per run), the first of this call, the last, and one that stopped the run early."""
+    every = print_every or max(1, math.ceil(epochs / 20))
+    return epoch % every == 0 or epoch == start_epoch + 1 or epoch == epochs or stopped
 
 
 def epoch_bar(total: int, epoch: int, epochs: int) -> Any:

@@ -22,7 +22,9 @@ from aeutils.speed import Choice, candidate_name
 from aeutils.training.config import TrainConfig
 from aeutils.training.datasets import RunData, check_manifest, run_data, val_batches
 from aeutils.training.distributed import from_rank0, rank_device, setup_process_group, share_buffers
-from aeutils.training.logs import LOG_NAME, epoch_bar, epoch_line, log_epoch, log_step, open_writer, read_log, write_log
+from aeutils.training.logs import (
+    LOG_NAME, epoch_bar, epoch_line, epoch_printed, log_epoch, log_step, open_writer, read_log, write_log,
+)
 from aeutils.training.rng import seed_everything
 from aeutils.training.runs import resume_decision, write_run_config
 from aeutils.training.step import ReconstructionLoss, choose_speed
@@ -354,9 +356,8 @@ def _end_epoch(run: _Run, epoch: int, loss_sum: float, n: int, train_seconds: fl
     _save_checkpoints(run, row, improved)
     for cb in run.callbacks:
         cb(TrainEvent("epoch", epoch + 1, run.rank, trainer, run.out, row))
-    print_every = cfg.print_every or max(1, math.ceil(cfg.epochs / 20))
-    shown = (epoch + 1) % print_every == 0 or epoch == run.start_epoch or epoch + 1 == cfg.epochs or run.stopped != "epochs"
-    if cfg.verbose and shown:
+    if cfg.verbose and epoch_printed(epoch + 1, cfg.epochs, start_epoch=run.start_epoch, print_every=cfg.print_every,
+                                     stopped=run.stopped != "epochs"):
         print(epoch_line(row, cfg.epochs), flush=True)
 
 
