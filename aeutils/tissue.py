@@ -51,8 +51,10 @@ class TissueMask:
     def _integral(self) -> np.ndarray:
         cached = self.__dict__.get("_sat")
         if cached is None:
-            cached = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype=np.int64)
-            cached[1:, 1:] = self.mask.astype(np.int64).cumsum(0).cumsum(1)
+            # int32 while it cannot overflow: half the memory for a large mask of your own
+            dt = np.int32 if self.mask.size < 2**31 else np.int64
+            cached = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype=dt)
+            cached[1:, 1:] = self.mask.cumsum(0, dtype=dt).cumsum(1, dtype=dt)
             object.__setattr__(self, "_sat", cached)
         return cached
 
