@@ -15,8 +15,67 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+#: the losses the printed table and the verdict compare
+SHOWN = ("pixel MSE", "trained", "random", "trained:stage1", "random:stage1")
+
+
+@dataclass
+class SensitivityBench:
+    """One run's numbers: ``result`` (:class:`aeutils.sensitivity.SensitivityResult`, every response),
+    ``summary`` (its :meth:`~aeutils.sensitivity.SensitivityResult.summary`: per loss ``ratio``,
+    ``worst``, ``auc``, ``spearman:<degradation>``, ``auc:<degradation>``; higher is better for all),
+    the model used, the run time (s) and the CPU it ran on (:func:`aeutils.speed.cpu_description`)."""
+
+    result: Any
+    summary: dict[str, dict[str, float]]
+    model: str
+    seconds: float
+    cpu: dict[str, Any]
+
+    def verdict(self) -> str:
+        """Plain-text verdict computed from the numbers (trained vs random encoder vs pixel MSE)."""
+        return self.result.verdict(best_by="ratio")
+
+    def report(self) -> str:
+        """What the command prints: model, CPU, table, verdict."""
+        from aeutils.loss import DEFAULT_LAYER_WEIGHTS
+
+        c = self.cpu
+        flags = f"AVX512_BF16 {'yes' if c['avx512_bf16'] else 'no'}, AMX {'yes' if c['amx_bf16'] else 'no'}"
+        return "\n".join([
+            f"model: {self.model}; default layer_weights {DEFAULT_LAYER_WEIGHTS}; {self.seconds:.0f} s",
+            f"CPU: {c['model']} ({flags}), {c['threads']} torch threads",
+            self.result.to_text(list(SHOWN)),
+            "",
+            self.verdict(),
+        ])
+
+
+def run_bench(
+    checkpoint: str | None = None, *, n: int = 16, size: int = 181, seed: int = 0, batch: int = 8
+) -> SensitivityBench:
+    """Responses of pixel MSE and EncodingLoss (trained encoder and its random-weight control, in the
+    variants of :func:`aeutils.sensitivity.default_variants`) on ``n`` held-out ``size`` px patches
+    (level 0, 0.499 um/px) of the sample slide; ``checkpoint`` None: the shipped model."""
+    from aeutils.checkpoint import as_model, pretrained_path
+    from aeutils.data import sample_patches
+    from aeutils.sensitivity import random_control, sensitivity_table
+    from aeutils.speed import cpu_description
+
+    margin = 4
+    trained = as_model(checkpoint)
+    control = random_control(trained, seed)
+    t0 = time.perf_counter()
+    patches = sample_patches(n, size + 2 * margin, split="val", seed=seed)
+    res = sensitivity_table(patches, {"trained": trained, "random": control}, margin=margin,
+                            batch_size=batch, seed=seed)
+    return SensitivityBench(result=res, summary=res.summary(), model=str(checkpoint or pretrained_path()),
+                            seconds=time.perf_counter() - t0, cpu=cpu_description())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,24 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.size = 2, 33
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from aeutils.checkpoint import pretrained_path, as_model
-    from aeutils.data import sample_patches
-    from aeutils.loss import DEFAULT_LAYER_WEIGHTS
-    from aeutils.sensitivity import random_control, sensitivity_table
-
-    margin = 4
-    trained = as_model(args.checkpoint)
-    control = random_control(trained, args.seed)
-    t0 = time.perf_counter()
-    patches = sample_patches(args.n, args.size + 2 * margin, split="val", seed=args.seed)
-    res = sensitivity_table(patches, {"trained": trained, "random": control}, margin=margin,
-                            batch_size=args.batch, seed=args.seed)
-    print(f"model: {args.checkpoint or pretrained_path()}; default layer_weights {DEFAULT_LAYER_WEIGHTS}; "
-          f"{time.perf_counter() - t0:.0f} s")
-    print(res.to_text(["pixel MSE", "trained", "random", "trained:stage1", "random:stage1"]))
-    print()
-    print(res.verdict(best_by="ratio"))
+    bench = run_bench(args.checkpoint, n=args.n, size=args.size, seed=args.seed, batch=args.batch)
+    print(bench.report())
     return 0
 
 
