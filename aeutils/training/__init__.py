@@ -6,41 +6,47 @@
     # --resume continues it with changed settings (e.g. more --epochs)
     torchrun --nproc_per_node 4 -m aeutils train PATCHES_DIR --out RUN_DIR ...   # DDP
 
-The same as a function: :func:`train`. The pieces are reusable: :class:`ReconstructionLoss`
-(MSE + optional L1 / SSIM / VGG terms), :func:`make_train_step` (one optimisation step with
-channels_last / mixed precision) and :class:`Trainer` (model + optimiser + scaler + LR schedule,
-``.step(batch)``, ``.evaluate(...)``, ``.state_dict()`` for exact resume). ``callbacks`` of
-:func:`train` see every epoch (:class:`TrainEvent`). Every patch is checked before the first epoch
-(validation ones decoded, training ones structure-checked), so a corrupt file costs no training.
+The same as a function: :func:`train`. The pieces are reusable: :class:`ReconstructionLoss` (MSE + optional L1
+/ SSIM / VGG terms), :func:`make_train_step` (one optimisation step with channels_last / mixed precision) and
+:class:`Trainer` (model + optimiser + scaler + LR schedule, ``.step(batch)``, ``.evaluate(...)``,
+``.state_dict()`` for exact resume). ``callbacks`` of :func:`train` see every epoch (:class:`TrainEvent`).
+Every patch is checked before the first epoch (validation ones decoded, training ones structure-checked), so a
+corrupt file costs no training.
 
-The knobs live in one :class:`TrainConfig` (validated when it is made; the CLI builds the same
-object from its flags): ``train(patches, out, TrainConfig(epochs=130, ...))``, or keywords
-``train(patches, out, epochs=130)``. Run folder: ``config.json`` (the TrainConfig and the patch
-folder: the run is reproducible from it), ``last.pt`` and ``best.pt`` (atomic :mod:`aeutils.checkpoint` files with the training
-state: optimiser, grad scaler, LR scheduler, epoch, step, torch/numpy/python RNG), ``log.csv`` (one
-row per epoch, rewritten atomically), ``tensorboard/`` (``tensorboard --logdir RUN_DIR``).
+The knobs live in one :class:`TrainConfig` (validated when it is made; the CLI builds the same object from its
+flags): ``train(patches, out, TrainConfig(epochs=130, ...))``, or keywords ``train(patches, out,
+epochs=130)``. Run folder: ``config.json`` (the TrainConfig and the patch folder: the run is reproducible from
+it), ``last.pt`` and ``best.pt`` (atomic :mod:`aeutils.checkpoint` files with the training state: optimiser,
+grad scaler, LR scheduler, epoch, step, torch/numpy/python RNG), ``log.csv`` (one row per epoch, rewritten
+atomically), ``tensorboard/`` (``tensorboard --logdir RUN_DIR``).
 
-Speed: on CUDA, bf16 autocast (fp16 + GradScaler where bf16 is unsupported), channels_last,
-pinned memory and DataLoader workers. On the CPU the right options flip between machines (channels_last
-+ bf16 autocast 2.7x faster than fp32 on a Xeon with AMX-BF16; 0.74x and 0.05x on an AVX2-only EPYC),
-so ``--channels-last auto --amp auto`` (the default) decides by measurement once per run
-(:func:`choose_speed`, :mod:`aeutils.speed`): a few timed steps of fp32, channels_last, bf16 and both
-on the run's own model, crop and batch, one printed line, the choice stored in the checkpoints'
-``train_args["speed"]`` and the log's ``speed`` column and reused on ``--resume``. The probe is
-skipped (fp32) where it would cost more than 5 % of the run. ``on``/``off`` force an option
-(``$MSCOPY_CPU_SPEED`` forces a candidate). bf16 autocast keeps fp32 master weights. On a shared or
-small CPU, one thread per process (``OMP_NUM_THREADS=1``) can be much faster than contending threads. Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces
-an uninterrupted run bit for bit (shuffling is seeded per epoch, RNG states are restored). A
-``--max-steps`` / ``--time-budget`` stop inside an epoch counts that epoch as finished.
+Speed: on CUDA, bf16 autocast (fp16 + GradScaler where bf16 is unsupported), channels_last, pinned memory and
+DataLoader workers. On the CPU the right options flip between machines (channels_last + bf16 autocast 2.7x
+faster than fp32 on a Xeon with AMX-BF16; 0.74x and 0.05x on an AVX2-only EPYC), so ``--channels-last auto
+--amp auto`` (the default) decides by measurement once per run (:func:`choose_speed`, :mod:`aeutils.speed`): a
+few timed steps of fp32, channels_last, bf16 and both on the run's own model, crop and batch, one printed
+line, the choice stored in the checkpoints' ``train_args["speed"]`` and the log's ``speed`` column and reused
+on ``--resume``. The probe is skipped (fp32) where it would cost more than 5 % of the run. ``on``/``off``
+force an option (``$MSCOPY_CPU_SPEED`` forces a candidate). bf16 autocast keeps fp32 master weights. On a
+shared or small CPU, one thread per process (``OMP_NUM_THREADS=1``) can be much faster than contending
+threads.
 
-Layout (one idea a module): :mod:`~aeutils.training.config` (TrainConfig, ``--config`` and duration
-text), :mod:`~aeutils.training.step` (the loss, one optimisation step, the speed choice),
-:mod:`~aeutils.training.rng` (RNG state as data), :mod:`~aeutils.training.trainer` (Trainer),
-:mod:`~aeutils.training.datasets` (the run's data and its up-front checks),
-:mod:`~aeutils.training.distributed` (torchrun ranks), :mod:`~aeutils.training.runs` (the run
-folder: config.json, start / resume / refuse, find_runs), :mod:`~aeutils.training.logs` (log.csv,
-TensorBoard, printed lines), :mod:`~aeutils.training.loop` (:func:`train`) and
-:mod:`~aeutils.training.cli` (the ``train`` command).
+Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces an uninterrupted run bit for
+bit (shuffling is seeded per epoch, RNG states are restored). A ``--max-steps`` / ``--time-budget`` stop
+inside an epoch counts that epoch as finished.
+
+Layout, one idea a module (the names above are importable from here)::
+
+    config       TrainConfig (every knob, checked once), parse_config (--config), parse_duration
+    step         ReconstructionLoss, make_train_step (one optimisation step), choose_speed
+    rng          the RNG states as plain data (exact resume)
+    trainer      Trainer: model + AdamW + scaler + LR schedule, state_dict for resume
+    datasets     the run's datasets, every image checked up front, per-epoch loaders
+    distributed  torchrun: this rank's device, the process group, what ranks share
+    runs         the run folder: config.json, start / continue / refuse, find_runs
+    logs         log.csv, TensorBoard, the printed lines
+    loop         train(): the run, step by step
+    cli          python -m aeutils train
 """
 from __future__ import annotations
 

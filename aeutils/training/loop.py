@@ -158,6 +158,7 @@ def _train(
     cfg: TrainConfig, patches_dir: Path, out: Path, device: torch.device, started: float, rank: int, world: int,
     callbacks: tuple[Callable[[TrainEvent], None], ...],
 ) -> TrainResult:
+    """:func:`train` once the device and process group are set: the run's steps, in order."""
     resume = resume_decision(out, cfg)  # refused before anything is read or written
     check_manifest(patches_dir)
     data = run_data(patches_dir, cfg, device, world)  # every image checked: no epoch lost to a bad file
@@ -166,24 +167,7 @@ def _train(
     run = _Run(cfg, patches_dir, out, rank, world, data, trainer, callbacks)
     _restore(run, ckpt)
     _open_outputs(run)
-    epoch, budget_start = run.start_epoch, time.perf_counter()
-    if run.start_epoch >= cfg.epochs:
-        run.stopped = "nothing_to_do"
-    try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            loss_sum, n, seconds = _train_epoch(run, epoch, budget_start)
-            if world > 1:  # DDP keeps BN running stats per rank; make rank 0's the shared ones
-                share_buffers(trainer.module)
-            if rank == 0:
-                _end_epoch(run, epoch, loss_sum, n, seconds)
-            if world > 1:
-                dist.barrier()
-            if run.stopped != "epochs":
-                break
-        epochs_done = epoch + 1 if run.stopped != "nothing_to_do" else run.start_epoch
-    finally:
-        if run.writer is not None:
-            run.writer.close()
+    epochs_done = _run_epochs(run)
     for cb in callbacks:
         cb(TrainEvent("end", epochs_done, rank, trainer, out))
     if world > 1:
@@ -198,8 +182,8 @@ def _build_trainer(
     cfg: TrainConfig, ckpt: Checkpoint | None, last: Path, data: RunData, device: torch.device, rank: int,
     world: int,
 ) -> Trainer:
-    """The model (seeded; a resumed run's architecture and weights from ``last``'s ``ckpt``), its loss, the speed choice and
-    the :class:`Trainer` (identical initial weights on every rank; DDP also broadcasts rank 0's)."""
+    """The model (seeded; a resumed run's architecture and weights from ``last``'s ``ckpt``), its loss,
+    the speed choice and the :class:`Trainer` (identical initial weights on every rank; DDP also broadcasts rank 0's)."""
     architecture = cfg.architecture
     if ckpt is not None:
         if architecture is not None and architecture != ckpt.config:
@@ -302,6 +286,30 @@ def _open_outputs(run: _Run) -> None:
             f"speed {trainer.speed.name} ({trainer.speed.source})",
             flush=True,
         )
+
+
+def _run_epochs(run: _Run) -> int:
+    """The epochs from ``run.start_epoch`` on (until ``cfg.epochs`` or a stop sets ``run.stopped``):
+    train, share rank 0's BN statistics, rank 0 validates / logs / checkpoints. The finished epoch count."""
+    cfg, world = run.cfg, run.world
+    epoch, budget_start = run.start_epoch, time.perf_counter()
+    if run.start_epoch >= cfg.epochs:
+        run.stopped = "nothing_to_do"
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            loss_sum, n, seconds = _train_epoch(run, epoch, budget_start)
+            if world > 1:  # DDP keeps BN running stats per rank; make rank 0's the shared ones
+                share_buffers(run.trainer.module)
+            if run.rank == 0:
+                _end_epoch(run, epoch, loss_sum, n, seconds)
+            if world > 1:
+                dist.barrier()
+            if run.stopped != "epochs":
+                break
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+    return epoch + 1 if run.stopped != "nothing_to_do" else run.start_epoch
 
 
 def _train_epoch(run: _Run, epoch: int, budget_start: float) -> tuple[float, int, float]:
