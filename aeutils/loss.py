@@ -212,6 +212,11 @@ class EncodingLoss(_Frozen):
         self._stop_after = max((k for k in STAGES if self.layer_weights[k]), key=STAGES.index)
         self._freeze()
 
+    @property
+    def encoder(self) -> nn.ModuleList:
+        """The frozen encoder stages the loss runs (those of its model copy, BatchNorm folded when ``fuse``)."""
+        return self.model.encoder
+
     def extra_repr(self) -> str:
         return f"layer_weights={self.layer_weights}, criterion={self.criterion!r}, weight={self.weight}, normalize={self.normalize}"
 

@@ -87,7 +87,7 @@ def test_loss_encodes_with_the_models_own_pass_and_stops_at_its_deepest_tap(mode
     tap with a weight (stage2 here: stage3 and the latent conv never run), with the model's values."""
     pred, target = pair
     loss = EncodingLoss(model=model, layer_weights={"stage1": 1.0, "stage2": 0.5}, fuse=False, speed="fp32")
-    assert isinstance(loss.model, Autoencoder) and loss.model is not model
+    assert isinstance(loss.model, Autoencoder) and loss.model is not model and loss.encoder is loss.model.encoder
     seen: list[tuple[tuple, dict]] = []
     original = loss.model.encoder_forward
     ran: list[int] = []
