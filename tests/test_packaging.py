@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 try:
     import tomllib
@@ -13,7 +14,7 @@ except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
 import pytest
 import yaml
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 # PyPI name -> conda-forge name, where they differ.
 CONDA_NAMES = {"torch": "pytorch", "openslide-bin": "openslide"}

@@ -12,7 +12,7 @@ from aeutils.errors import SlideError
 from aeutils.patches import extract, read_manifest
 from aeutils.sample import PROSTATE_ASSUMED_MPP, SAMPLES, _verified_path
 from aeutils.slides import open_slide
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_sample_slides_lists_both_verified() -> None:
