@@ -3,17 +3,20 @@
 Modules (each one idea):
     slides      open whole-slide images (OpenSlide), levels, mpp, thumbnails, region reads
     scale       the scale patches are read at: level, mpp with antialiased resampling, --assume-mpp
-    tissue      tissue masks on thumbnails
+    tissue      tissue masks: detected on thumbnails, or your own (``--mask``)
     annotations CAMELYON16 / ASAP XML tumour polygons
-    patches     grid patch extraction to PNG + manifest.csv (the ``extract`` command)
+    patches     grid patch extraction to PNG + manifest.csv (the ``extract`` command); a package: grid
+                planning, QC figure, PNG/row codec, runner, resume, extract(), CLI
     manifest    manifest.csv: columns, reading, merging shards (the ``manifest`` command)
     model       the residual autoencoder and its config
     introspect  shapes, parameters, FLOPs and receptive field of a model (notebook 02)
     checkpoint  safe, atomic checkpoints (weights + config + metadata)
     data        PyTorch datasets over extracted patches, splits, augmentations, sample-slide patches
     metrics     per-image PSNR and SSIM (torchmetrics)
-    training    the trainer: ``train()`` and ``TrainConfig`` (the ``train`` command), single GPU / CPU / torchrun DDP
-    viz         encoding views, figure grids, the ipywidgets explorer (the ``figures`` command)
+    training    the trainer: ``train()`` and ``TrainConfig`` (the ``train`` command), single GPU / CPU / torchrun
+                DDP; a package: config, step, rng, trainer, datasets, distributed, runs, logs, loop, cli
+    encoding    running a model over a batch of patches (``encode_batch`` -> ``EncodedBatch``, ``rgb_batch``)
+    viz         views (numbers -> display arrays), figures (the ``figures`` command), the ipywidgets explorer
     slidemap    whole-slide encoding maps as pyramidal TIFFs (the ``encode`` command)
     slide_explorer  the slide-level ipywidgets explorer linked to an encoding map
     loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
