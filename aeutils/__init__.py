@@ -28,6 +28,9 @@ Modules (each one idea):
     tiffread    tiled TIFF/SVS strips decoded straight from the tiles, where verified identical to OpenSlide
     io          atomic file writes
     sample      the bundled sample slides (CMU skin, prostate), checksum-verified
+    baselines   ImageNet-feature content losses for the SR comparison (the optional ``[baselines]`` extra)
+    errors      the exception types (one clear line each; the CLI prints them as ``error: ...``)
+    cli         ``python -m aeutils <command>``: extract, manifest, train, figures, encode
 
 Importing ``aeutils`` does not import torch: the extraction path stays fast to start.
 """
@@ -71,6 +74,11 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'aeutils' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """Tab completion shows the lazily imported names too."""
+    return sorted({*globals(), *_LAZY})
 
 
 def load_pretrained(**kwargs: Any) -> "Autoencoder":

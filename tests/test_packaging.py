@@ -104,3 +104,9 @@ def test_package_root_exports_what_users_type() -> None:
         "try:\n    aeutils.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no AttributeError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lazy_root_names_show_in_dir() -> None:
+    """Tab completion (``dir(aeutils)``) lists what users type, before anything was imported."""
+    code = "import aeutils, sys\nd = dir(aeutils)\nassert {'extract', 'train', 'TrainConfig', 'EncodingLoss', 'encode_slide'} <= set(d), d\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
