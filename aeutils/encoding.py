@@ -38,7 +38,8 @@ def rgb_batch(rgb: np.ndarray) -> "torch.Tensor":
 class EncodedBatch:
     """A batch and what the model makes of it (all on the CPU, float32).
 
-    ``inputs`` Nx3xSxS in [0, 1]; ``latent`` Nx1xsxs (s = (S+3)/4); ``outputs`` Nx3xSxS in [0, 1];
+    ``inputs`` Nx3xSxS in [0, 1]; ``latent`` Nx(latent_channels)xsxs (s = (S+3)/4; 1 channel for the
+    shipped model); ``outputs`` Nx3xSxS in [0, 1];
     ``features`` the encoder taps keyed by :data:`aeutils.model.STAGES` (only when asked for);
     ``psnr`` (dB) and ``ssim`` per image (length N).
     """
@@ -54,7 +55,9 @@ class EncodedBatch:
 def encode_batch(
     model: "Autoencoder", x: "torch.Tensor", *, features: bool = False, batch_size: int = 16, speed: str | None = None
 ) -> EncodedBatch:
-    """Run ``model`` (eval mode, no grad) on ``x`` (Nx3xSxS in [0, 1]) in chunks of ``batch_size``.
+    """Run ``model`` (eval mode, no grad) on ``x`` (Nx3xSxS float RGB in [0, 1], S = 4k+1 pixels: it
+    decodes the encodings, :func:`aeutils.model.check_size`) in chunks of ``batch_size``. Integer input
+    (uint8 0-255) raises ``TypeError`` (convert with ``x.float() / 255``, or use :func:`rgb_batch`).
 
     Returns :class:`EncodedBatch` (float32 tensors on the CPU); with ``features=True`` it also keeps every
     encoder stage's maps. ``speed``: None (default) runs as :func:`aeutils.speed.inference_choice`
@@ -67,8 +70,10 @@ def encode_batch(
     from aeutils import speed as _speed
     from aeutils.metrics import psnr, ssim
 
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected an Nx3xSxS batch of RGB patches in [0, 1], got shape {tuple(x.shape)}")
+    from aeutils.model import _check_batch, check_size
+
+    _check_batch(x)  # before any chunk is cast to float32: uint8 0-255 must be refused, not encoded
+    check_size(x.shape[-2], x.shape[-1])
     if speed is not None and speed not in _speed.CANDIDATES:
         raise ValueError(f"speed must be None or one of {_speed.CANDIDATES}, got {speed!r}")
     device = next(model.parameters()).device

@@ -18,7 +18,7 @@ from torch import nn
 
 from aeutils import speed as _speed
 from aeutils.errors import CheckpointError
-from aeutils.model import STAGES, Autoencoder
+from aeutils.model import STAGES, Autoencoder, _check_batch
 
 #: default tap weights: the first stage (1/2 resolution) is the most detail-sensitive tap and the deeper
 #: ones mostly add colour/brightness response (``bench/loss_sensitivity.py``, notebook 05); stopping
@@ -52,16 +52,10 @@ def _pointwise(criterion: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
-    for name, t in (("pred", pred), ("target", target)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(
-                f"{name} has dtype {t.dtype}: the loss takes float RGB in [0, 1] (float16, bfloat16, "
-                f"float32 or float64); convert 0-255 integers with {name}.float() / 255"
-            )
-    if pred.ndim != 4 or pred.shape[1] != 3:
-        raise ValueError(f"expected pred as an Nx3xHxW RGB batch in [0, 1], got shape {tuple(pred.shape)}")
+    """Both are batches the encoder takes (:func:`aeutils.model._check_batch`: integer dtype ->
+    ``TypeError``, other shape -> ``ValueError``), of one shape."""
+    _check_batch(pred, name="pred")
+    _check_batch(target, name="target")
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
 
@@ -222,10 +216,7 @@ class EncodingLoss(_Frozen):
 
     def _taps(self, x: torch.Tensor, stop_after: str) -> dict[str, torch.Tensor]:
         """The taps up to ``stop_after`` of ``x`` (checked here, encoded in float32 by the model's own pass)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected an Nx3xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"expected float RGB in [0, 1], got dtype {x.dtype} (convert with x.float() / 255)")
+        _check_batch(x)  # before .float(): integer input must be refused, not cast
         if min(x.shape[-2:]) < MIN_SIDE:
             raise ValueError(f"EncodingLoss needs sides of at least {MIN_SIDE} px, got {tuple(x.shape[-2:])}")
         taps = STAGES[: STAGES.index(stop_after) + 1]

@@ -9,6 +9,8 @@ Size contract: a stride-2 conv maps s -> ceil(s/2), a stride-2 transposed conv s
 sides s = 1 (mod 4) round-trip exactly (65, 181, 257, ...): 181 -> 91 -> 46 -> 91 -> 181.
 Other sides raise ``ValueError`` naming the nearest valid ones. The rule is a *decoding* rule:
 :meth:`Autoencoder.encoder_forward` encodes any side (a whole-slide tile: :mod:`aeutils.slidemap`).
+Integer input (uint8 0-255) raises ``TypeError`` naming the conversion ``x.float() / 255``: one check,
+:func:`_check_batch`, for the model, :class:`aeutils.loss.EncodingLoss` and :func:`aeutils.encoding.encode_batch`.
 
 Looking inside a model (shapes, FLOPs, receptive field) is :mod:`aeutils.introspect`.
 """
@@ -118,6 +120,23 @@ def check_size(height: int, width: int) -> None:
             )
 
 
+def _check_batch(x: torch.Tensor, channels: int = 3, name: str = "x") -> None:
+    """The one input check of everything that encodes (the model, :class:`aeutils.loss.EncodingLoss`,
+    :func:`aeutils.encoding.encode_batch`): ``x`` must be an Nx(channels)xHxW float tensor (RGB in
+    [0, 1]). Not a tensor or an integer dtype (uint8 0-255): ``TypeError`` naming the conversion
+    ``x.float() / 255``; another shape: ``ValueError``. ``name`` is how messages call ``x``.
+    Sides are not checked here (:func:`check_size` is the decoding rule)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {x.dtype}: expected float RGB in [0, 1] (float16, bfloat16, float32 or "
+            f"float64); convert 0-255 integers with {name}.float() / 255"
+        )
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f"expected {name} as an Nx{channels}xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}")
+
+
 class ResidualBlock(nn.Module):
     """x + BN(conv(act(BN(conv(x))))): same channels, stride 1, padding 1. ``transposed`` uses
     ``ConvTranspose2d`` (the decoder's blocks)."""
@@ -180,12 +199,8 @@ class Autoencoder(nn.Module):
         self.register_buffer("std", torch.tensor(config.std, dtype=torch.float32).view(1, c, 1, 1), persistent=False)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"expected an Nx{self.config.in_channels}xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected a float RGB batch in [0, 1], got dtype {x.dtype} (use x.float() / 255)")
+        """:func:`_check_batch`, then the 4k+1 rule of :func:`check_size` (inputs that are decoded)."""
+        _check_batch(x, self.config.in_channels)
         check_size(x.shape[-2], x.shape[-1])
 
     def encoder_forward(
@@ -204,12 +219,7 @@ class Autoencoder(nn.Module):
         returned is that stage's activation instead of the latent (a loss that only needs stage1 pays
         for stage1 only).
         """
-        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"expected an Nx{self.config.in_channels}xHxW RGB batch in [0, 1], got shape {tuple(x.shape)}"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected a float RGB batch in [0, 1], got dtype {x.dtype} (use x.float() / 255)")
+        _check_batch(x, self.config.in_channels)
         unknown = [t for t in (*taps, *([] if stop_after is None else [stop_after])) if t not in STAGES]
         if unknown:
             raise ValueError(f"unknown encoder taps {unknown}: choose from {', '.join(STAGES)}")
@@ -235,13 +245,13 @@ class Autoencoder(nn.Module):
         return self.encoder_forward(x, STAGES)[1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Nx3xHxW RGB in [0, 1] (H, W = 1 mod 4, so it decodes back) -> Nx1x((H+3)/4)x((W+3)/4)
-        encoding. Any other size: :meth:`encoder_forward`."""
+        """Nx3xHxW RGB in [0, 1] (H, W = 1 mod 4, so it decodes back) ->
+        Nx(latent_channels)x((H+3)/4)x((W+3)/4) encoding. Any other size: :meth:`encoder_forward`."""
         self._check_input(x)
         return self.encoder_forward(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Nx1xhxw encoding -> Nx3x(4h-3)x(4w-3) RGB (clamped to [0, 1] in eval mode)."""
+        """Nx(latent_channels)xhxw encoding -> Nx3x(4h-3)x(4w-3) RGB (clamped to [0, 1] in eval mode)."""
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise ValueError(f"expected an Nx{self.config.latent_channels}xhxw encoding, got shape {tuple(z.shape)}")
         y = self.decoder(z) * self.std.to(z.dtype) + self.mean.to(z.dtype)

@@ -92,3 +92,17 @@ def test_rgb_batch_takes_a_read_only_slide_read_without_a_warning() -> None:
     assert np.array_equal(read_only, rgb)
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         rgb_batch(rgb.astype(np.float32))
+
+
+def test_encode_batch_refuses_integer_and_undecodable_input(tiny_model: Autoencoder, patches: torch.Tensor) -> None:
+    """A uint8 batch would otherwise be cast to float32 0-255 and encoded silently: the model's own
+    check refuses it first (TypeError naming the conversion), as it refuses a side that cannot decode."""
+    u8 = (patches * 255).round().to(torch.uint8)
+    with pytest.raises(TypeError, match=r"uint8.*x\.float\(\) / 255"):
+        encode_batch(tiny_model, u8)
+    with pytest.raises(ValueError, match="Nx3xHxW"):
+        encode_batch(tiny_model, patches[:, :1])
+    with pytest.raises(ValueError, match="4k\\+1"):
+        encode_batch(tiny_model, patches[..., :180, :180])
+    e = encode_batch(tiny_model, u8.float() / 255, batch_size=5, speed="fp32")  # the named conversion works
+    assert tuple(e.latent.shape) == (5, 1, 46, 46)

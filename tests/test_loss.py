@@ -350,7 +350,7 @@ def test_under_autocast(model, pair):
         value = loss(pred, target)
     value.backward()
     assert value.dtype == torch.float32 and torch.isfinite(value)
-    assert abs(float(value) - float(loss(*pair))) <= 0.05 * float(value)
+    assert abs(value.item() - loss(*pair).item()) <= 0.05 * value.item()
     assert torch.isfinite(pred.grad).all()
 
 
@@ -361,6 +361,12 @@ def test_integer_input_is_refused_with_the_conversion_rule(model, pair):
         loss(u8, u8)
     with pytest.raises(TypeError, match="int64"):
         loss(pair[0], u8.long())
+    with pytest.raises(TypeError, match=r"uint8.*x\.float\(\) / 255"):  # features(): the same check
+        loss.features(u8)
+    # the model, the loss and its features() raise the same exception for the same input
+    for call in (loss.model.encode, loss.model.encoder_forward, loss.features):
+        with pytest.raises(TypeError):
+            call(u8)
 
 
 @pytest.mark.parametrize("normalize", ["instance", "channel", "none"])

@@ -111,7 +111,7 @@ def test_nearest_valid_sizes_bracket_the_side() -> None:
 
 def test_other_bad_inputs_are_refused_clearly() -> None:
     model = small_model()
-    with pytest.raises(ValueError, match="dtype torch.uint8"):
+    with pytest.raises(TypeError, match=r"dtype torch.uint8.*x\.float\(\) / 255"):
         model.encode(torch.zeros(1, 3, 65, 65, dtype=torch.uint8))
     with pytest.raises(ValueError, match="Nx3xHxW"):
         model.encode(torch.rand(3, 65, 65))
@@ -254,3 +254,27 @@ def test_configs_stored_with_the_old_stage_relu_name_still_load() -> None:
     assert AutoencoderConfig.from_dict(old) == AutoencoderConfig(n_blocks=1, stage_activation=False)
     with pytest.raises(ValueError, match="unknown AutoencoderConfig fields: stage_relu"):
         AutoencoderConfig.from_dict({**AutoencoderConfig().to_dict(), "stage_relu": True})
+
+
+@pytest.mark.parametrize("entry", ["encode", "encode_features", "encoder_forward", "forward"])
+def test_every_encoding_entry_point_has_the_same_input_check(entry: str) -> None:
+    """One check (model._check_batch) behind every way in: integer dtypes -> TypeError naming the
+    conversion, wrong shape -> ValueError, non-tensors -> TypeError; encoder_forward only skips the 4k+1 rule."""
+    model = small_model()
+    call = getattr(model, entry)
+    for dtype in (torch.uint8, torch.int64, torch.bool):
+        with pytest.raises(TypeError, match=rf"dtype {dtype}.*x\.float\(\) / 255"):
+            call(torch.zeros(1, 3, 65, 65, dtype=dtype))
+    with pytest.raises(ValueError, match="Nx3xHxW"):
+        call(torch.rand(1, 1, 65, 65))
+    with pytest.raises(ValueError, match="Nx3xHxW"):
+        call(torch.rand(3, 65, 65))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        call([[0.5]])
+    odd = batch(50, n=1, height=37)
+    with torch.no_grad():
+        if entry == "encoder_forward":
+            assert call(odd)[0].shape == (1, 1, 10, 13)
+        else:
+            with pytest.raises(ValueError, match="4k\\+1"):
+                call(odd)
