@@ -354,7 +354,7 @@ def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: P
     assert first.epochs_done == 1
     again = train(patch_dir, run, epochs=2, max_steps=None, resume="auto", **FAST)  # a stop is not the recipe
     assert again.epochs_done == 2 and [r["epoch"] for r in again.history] == [1, 2]
-    with pytest.raises(TrainingError, match=r"other settings \(epochs 2 -> 3\); pass --resume"):
+    with pytest.raises(TrainingError, match=r"other settings \(epochs 2 -> 3\); pass --resume \(resume=True\)"):
         train(patch_dir, run, epochs=3, resume="auto", **FAST)
     from aeutils.training import find_runs
 
@@ -472,3 +472,101 @@ def test_a_long_run_prints_about_twenty_epoch_lines() -> None:
     assert resumed[:2] == [61, 63] and len(resumed) == 12
     assert epoch_printed(5, 130, stopped=True) and not epoch_printed(5, 130)
     assert [e for e in range(1, 6) if epoch_printed(e, 5, print_every=4)] == [1, 4, 5]
+
+
+def test_val_limit_zero_means_all_patches(patch_dir: Path, tmp_path: Path) -> None:
+    """``val_limit=0`` is "all patches" in Python as on the CLI (``--val-limit 0``), not an empty validation set."""
+    import argparse
+
+    from aeutils.data import PatchDataset
+    from aeutils.training import TrainConfig, add_cli_arguments, config_from_args
+
+    assert TrainConfig(val_limit=0).val_limit is None
+    assert TrainConfig(val_limit=0).run_name() == TrainConfig(val_limit=None).run_name()
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    assert config_from_args(parser.parse_args(["p", "--out", "o", "--val-limit", "0"])).val_limit is None
+    n_val = len(PatchDataset(patch_dir, "val", augment=False))
+    assert n_val > 0
+    result = train(patch_dir, tmp_path / "all", epochs=1, **{**FAST, "val_limit": 0})
+    assert np.isfinite(result.final["val_psnr"])  # validated (best.pt chosen by validation PSNR)
+    assert load_checkpoint(result.last).meta["train_args"]["n_val"] == n_val
+
+
+def test_auto_resume_refuses_a_run_without_config_json(patch_dir: Path, tmp_path: Path) -> None:
+    """A folder with ``last.pt`` but no ``config.json``: nothing to compare with, so "auto" does not
+    continue it under whatever settings; the error names the folder and ``--resume (resume=True)``."""
+    run = tmp_path / "old"
+    train(patch_dir, run, epochs=1, **FAST)
+    (run / "config.json").unlink()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    with pytest.raises(TrainingError) as info:
+        train(patch_dir, run, epochs=2, resume="auto", **FAST)
+    assert str(info.value) == (
+        f"{run}: holds a run without config.json; pass --resume (resume=True) to continue it, or choose another --out"
+    )
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+    with pytest.raises(TrainingError, match=r"already holds a run \(last.pt\); pass --resume \(resume=True\)"):
+        train(patch_dir, run, epochs=2, **FAST)
+    assert train(patch_dir, run, epochs=2, resume=True, **FAST).epochs_done == 2  # as the message says
+
+
+def test_cli_defaults_are_train_config_defaults() -> None:
+    """Every option's default comes from TrainConfig (no second copy to drift); each knob has its option."""
+    import argparse
+    from dataclasses import fields
+
+    from aeutils.training import TrainConfig, add_cli_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    assert config_from_args(parser.parse_args(["p", "--out", "o"])) == TrainConfig(resume="auto")
+    dests = {a.dest: a.default for a in parser._actions}
+    tri = {"auto": None, "on": True, "off": False}
+    for f in fields(TrainConfig):
+        if f.name in ("architecture", "resume", "verbose"):  # --config; --resume (auto without it); not a flag
+            continue
+        assert f.name in dests, f"no option for TrainConfig.{f.name}"
+        default = tri[dests[f.name]] if f.name in ("channels_last", "amp") else dests[f.name]
+        assert default == f.default, f.name
+    args = parser.parse_args(["p", "--out", "o", "--log-every", "3", "--print-every", "2"])
+    assert (config_from_args(args).log_every, config_from_args(args).print_every) == (3, 2)
+
+
+def test_a_finished_run_returns_at_once_and_touches_nothing(
+    patch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rerunning a finished run (same recipe, epochs reached) gives its result without checking the
+    patches, rewriting config.json or opening a new TensorBoard event file: no file in the folder changes."""
+    import time
+
+    import aeutils.training.loop as loop
+    from aeutils.training import TrainEvent
+
+    run = tmp_path / "done"
+    first = train(patch_dir, run, epochs=2, resume="auto", **FAST)
+
+    def snapshot() -> list[tuple[str, int, int]]:
+        return sorted((str(p.relative_to(run)), p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*"))
+
+    before = snapshot()
+    time.sleep(0.05)  # a rewrite now would show as a later mtime
+
+    def no_data(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("a finished run must not read the patches")
+
+    monkeypatch.setattr(loop, "run_data", no_data)
+    events: list[TrainEvent] = []
+    for resume in ("auto", True):
+        again = train(patch_dir, run, epochs=2, resume=resume, time_budget="5m", callbacks=[events.append], **FAST)
+        assert (again.stopped, again.epochs_done, again.global_step) == ("nothing_to_do", 2, first.global_step)
+        assert again.best_psnr == first.best_psnr and [r["epoch"] for r in again.history] == [1, 2]
+        assert again.final["val_psnr"] == pytest.approx(first.final["val_psnr"], rel=1e-5)
+    assert snapshot() == before
+    assert [(e.kind, e.epoch) for e in events] == [("end", 2)] * 2
+    assert events[0].trainer.global_step == first.global_step
+    w = _weights(run / "last.pt")
+    assert all(torch.equal(w[k], v) for k, v in events[0].trainer.module.state_dict().items())
+    # more epochs is another recipe: it does train (and reads the patches)
+    with pytest.raises(AssertionError, match="must not read the patches"):
+        train(patch_dir, run, epochs=3, resume=True, **FAST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import fields
 
 from aeutils.training.config import TrainConfig, parse_config, parse_duration
 from aeutils.training.loop import train
@@ -11,17 +12,25 @@ from aeutils.training.loop import train
 __all__ = ["add_cli_arguments", "config_from_args", "run_cli"]
 
 
+#: TrainConfig's field defaults: the CLI's defaults, so the two cannot drift apart
+_DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
+_TRI = {"auto": None, "on": True, "off": False}  # --channels-last / --amp -> TrainConfig
+_TRI_NAME = {v: k for k, v in _TRI.items()}
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m aeutils train``."""
+    """Options of ``python -m aeutils train`` (their defaults are :class:`TrainConfig`'s)."""
+    d = _DEFAULT
     parser.add_argument("patches_dir", metavar="PATCHES_DIR", help="extraction output (manifest.csv) or folder of images")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: last.pt, best.pt, log.csv, tensorboard/")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=16, help="per process (default 16)")
-    parser.add_argument("--crop", type=int, default=181, help="training crop side, 4k+1 px (default 181)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
-    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=d["epochs"], help=f"total epochs (default {d['epochs']})")
+    parser.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"per process (default {d['batch_size']})")
+    parser.add_argument("--crop", type=int, default=d["crop"], help=f"training crop side, 4k+1 px (default {d['crop']})")
+    parser.add_argument("--lr", type=float, default=d["lr"], help=f"AdamW learning rate (default {d['lr']:g})")
+    parser.add_argument("--weight-decay", type=float, default=d["weight_decay"])
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default=d["schedule"])
+    parser.add_argument("--warmup-steps", type=int, default=d["warmup_steps"],
+                        help="LR warmup steps (default min(200, 5 %% of the steps))")
     parser.add_argument(
         "--config", nargs="+", action="extend", metavar="KEY=VALUE",
         help="architecture: key=value items (n_blocks=2 widths=32,32,8), a JSON object, or a JSON file",
@@ -29,41 +38,47 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume", action="store_true",
         help="continue RUN_DIR/last.pt, also with changed settings (e.g. more --epochs); without it the same "
-             "command continues a run whose config.json matches and refuses a different one",
+             "command continues a run whose config.json matches and refuses a different one (or one without "
+             "config.json)",
     )
-    parser.add_argument("--mse", type=float, default=1.0, help="MSE weight (default 1)")
-    parser.add_argument("--l1", type=float, default=0.0, help="L1 weight")
-    parser.add_argument("--ssim", type=float, default=0.0, help="(1 - SSIM) weight")
-    parser.add_argument("--vgg", type=float, default=0.0, help="VGG19 content weight (needs --vgg-weights)")
-    parser.add_argument("--vgg-weights", default=None, metavar="PTH", help="local torchvision VGG19 weights file")
-    parser.add_argument("--stain-jitter", type=float, default=0.0, help="HED stain jitter strength (0.02-0.05 mild)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
-    parser.add_argument("--time-budget", default=None, help="stop after this long: seconds, or 45m, 1.5h")
-    parser.add_argument("--val-limit", type=int, default=256, help="validate on at most N patches (0: all)")
-    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--mse", type=float, default=d["mse"], help=f"MSE weight (default {d['mse']:g})")
+    parser.add_argument("--l1", type=float, default=d["l1"], help="L1 weight")
+    parser.add_argument("--ssim", type=float, default=d["ssim"], help="(1 - SSIM) weight")
+    parser.add_argument("--vgg", type=float, default=d["vgg"], help="VGG19 content weight (needs --vgg-weights)")
+    parser.add_argument("--vgg-weights", default=d["vgg_weights"], metavar="PTH", help="local torchvision VGG19 weights file")
+    parser.add_argument("--stain-jitter", type=float, default=d["stain_jitter"],
+                        help="HED stain jitter strength (0.02-0.05 mild)")
+    parser.add_argument("--device", default=d["device"], help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--workers", type=int, default=d["workers"],
+                        help="DataLoader workers per process (default: from the cores this process may use)")
+    parser.add_argument("--seed", type=int, default=d["seed"])
+    parser.add_argument("--max-steps", type=int, default=d["max_steps"],
+                        help="stop after this many optimiser steps in total")
+    parser.add_argument("--time-budget", default=d["time_budget"], help="stop after this long: seconds, or 45m, 1.5h")
+    parser.add_argument("--val-limit", type=int, default=d["val_limit"],
+                        help=f"validate on at most N patches (0: all; default {d['val_limit']})")
+    parser.add_argument("--channels-last", choices=tuple(_TRI), default=_TRI_NAME[d["channels_last"]],
                         help="channels_last memory format (auto: on for CUDA; on the CPU measured once per run)")
-    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+    parser.add_argument("--amp", choices=tuple(_TRI), default=_TRI_NAME[d["amp"]],
                         help="mixed precision, bf16 autocast on the CPU (auto: on for CUDA; on the CPU measured once per run)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("--print-every", type=int, default=None, metavar="N",
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=d["progress"])
+    parser.add_argument("--log-every", type=int, default=d["log_every"], metavar="N",
+                        help=f"TensorBoard step loss every N steps (default {d['log_every']})")
+    parser.add_argument("--print-every", type=int, default=d["print_every"], metavar="N",
                         help="an epoch line every N epochs (default: about 20 lines; all rows are in log.csv)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of ``python -m aeutils train`` flags (no ``--resume``: ``"auto"``, so
     rerunning the same command continues its run)."""
-    tri = {"auto": None, "on": True, "off": False}
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, crop=args.crop, lr=args.lr, weight_decay=args.weight_decay,
         architecture=parse_config(args.config), resume=True if args.resume else "auto", mse=args.mse, l1=args.l1,
         ssim=args.ssim, vgg=args.vgg, vgg_weights=args.vgg_weights, stain_jitter=args.stain_jitter, device=args.device,
         workers=args.workers, seed=args.seed, max_steps=args.max_steps, time_budget=parse_duration(args.time_budget),
-        val_limit=args.val_limit or None, schedule=args.schedule, warmup_steps=args.warmup_steps,
-        channels_last=tri[args.channels_last], amp=tri[args.amp], progress=args.progress,
-        print_every=getattr(args, "print_every", None),
+        val_limit=args.val_limit, schedule=args.schedule, warmup_steps=args.warmup_steps,
+        channels_last=_TRI[args.channels_last], amp=_TRI[args.amp], progress=args.progress,
+        log_every=args.log_every, print_every=args.print_every,
     )
 
 

@@ -42,15 +42,17 @@ class TrainConfig:
             checkpoint's and refuses a different one.
         resume: False: an existing ``last.pt`` is an error; True: continue ``out/last.pt`` (other
             settings may change, e.g. more epochs); ``"auto"``: continue if the folder holds a run
-            whose ``config.json`` matches this one (all but :data:`RUNTIME_FIELDS`), start if it is
-            empty, error naming the differences otherwise.
+            whose ``config.json`` matches this one (all but :data:`RUNTIME_FIELDS`; a finished one
+            returns at once), start if it is empty, error naming the differences otherwise (or that
+            there is no ``config.json`` to compare with).
         mse, l1, ssim, vgg, vgg_weights: loss weights (:class:`~aeutils.training.ReconstructionLoss`).
         stain_jitter: HED jitter strength for training augmentation (0: off).
         device: default :func:`aeutils.device.pick_device`. workers: DataLoader processes.
         seed: initial weights, shuffling and augmentation.
         max_steps, time_budget: optional stops (total optimiser steps; seconds of this call, or a
             string "90s", "45m", "1.5h").
-        val_limit: validate on at most this many patches (evenly spaced; None: all).
+        val_limit: validate on at most this many patches (evenly spaced; None or 0: all, stored as
+            None, as ``--val-limit 0``; there is no "no validation").
         channels_last, amp: speed options; True/False force one; None (default): on CUDA both on (amp:
             bf16, or fp16 + GradScaler); on the CPU measured once per run
             (:func:`~aeutils.training.choose_speed`, skipped where the probe would cost more than 5 %
@@ -98,6 +100,8 @@ class TrainConfig:
             set_("vgg_weights", os.fspath(self.vgg_weights))
         if isinstance(self.device, torch.device):
             set_("device", str(self.device))
+        if self.val_limit == 0 and not isinstance(self.val_limit, bool):
+            set_("val_limit", None)  # 0 means all patches, as --val-limit 0 (not an empty validation set)
         self._check_integers()
         self._check_numbers()
         self._check_choices()

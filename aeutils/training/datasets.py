@@ -15,7 +15,7 @@ from aeutils.data import PatchDataset, read_image
 from aeutils.errors import TrainingError
 from aeutils.training.config import TrainConfig
 
-__all__ = ["RunData", "run_data", "check_manifest", "check_images", "default_workers", "val_batches"]
+__all__ = ["RunData", "run_data", "check_manifest", "check_images", "loader_workers", "val_batches"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ def run_data(patches_dir: Path, cfg: TrainConfig, device: torch.device, world: i
     val_ds: Any = val_full
     if cfg.val_limit is not None and len(val_full) > cfg.val_limit:
         val_ds = Subset(val_full, np.linspace(0, len(val_full) - 1, cfg.val_limit).round().astype(int).tolist())
-    workers = default_workers(device, world) if cfg.workers is None else cfg.workers
+    workers = loader_workers(device, world) if cfg.workers is None else cfg.workers
     check_images(train_ds, val_ds)  # a corrupt patch is found now, not after an epoch of training
     return RunData(train_ds, val_ds, len(train_ds) // (cfg.batch_size * world), workers)
 
@@ -96,8 +96,10 @@ def check_images(train_ds: Any, val_ds: Any) -> None:
             raise PatchError(f"{rec.path}: corrupt or unreadable image ({type(exc).__name__}: {exc})") from None
 
 
-def default_workers(device: torch.device, world: int) -> int:
-    """DataLoader workers per rank from the cores this process may use (CPU affinity, not the host's count)."""
+def loader_workers(device: torch.device, world: int) -> int:
+    """DataLoader worker processes per rank (``cfg.workers=None``) from the cores this process may use
+    (CPU affinity, not the host's count) shared by the ``LOCAL_WORLD_SIZE`` ranks; not to be confused
+    with :func:`aeutils.patches.default_workers` (extraction processes: the usable cores)."""
     try:
         cpus = max(1, len(os.sched_getaffinity(0)))  # type: ignore[attr-defined]
     except AttributeError:

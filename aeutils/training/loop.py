@@ -1,6 +1,7 @@
 """The training run, :func:`train`: from a patch folder and a :class:`TrainConfig` to a run folder
 of checkpoints and logs, on the CPU, one GPU or several under ``torchrun`` (DDP; rank 0 validates and
-writes). Read top to bottom, :func:`_train` is: decide start or resume, load and check the data, build
+writes). Read top to bottom, :func:`_train` is: decide start or resume (a finished run of the same
+recipe returns at once, its folder untouched), load and check the data, build
 the trainer (or restore it), open the outputs, then per epoch train, validate, log, checkpoint."""
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from aeutils.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from aeutils.errors import TrainingError
 from aeutils.model import Autoencoder, AutoencoderConfig
 from aeutils.speed import Choice, candidate_name
-from aeutils.training.config import TrainConfig
+from aeutils.training.config import TrainConfig, config_differences
 from aeutils.training.datasets import RunData, check_manifest, run_data, val_batches
 from aeutils.training.distributed import from_rank0, rank_device, setup_process_group, share_buffers
 from aeutils.training.logs import (
     LOG_NAME, epoch_bar, epoch_line, epoch_printed, log_epoch, log_step, open_writer, read_log, write_log,
 )
 from aeutils.training.rng import seed_everything
-from aeutils.training.runs import resume_decision, write_run_config
+from aeutils.training.runs import CONFIG_NAME, read_run_config, resume_decision, write_run_config
 from aeutils.training.step import ReconstructionLoss, choose_speed
 from aeutils.training.trainer import Trainer
 
@@ -86,6 +87,10 @@ def train(
     :class:`AutoencoderConfig` as ``config`` is taken as the architecture (the older keyword form).
     ``callbacks``: functions of a :class:`TrainEvent`, called after each epoch (rank 0) and at the end
     (every rank).
+
+    A finished run (``resume`` True or "auto", its ``config.json`` the same recipe, ``last.pt`` at
+    ``epochs``) returns its result (``stopped="nothing_to_do"``) at once: no patch is read and no
+    file in ``out_dir`` is written.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel with a
     DistributedSampler; only rank 0 validates and writes. Raises :class:`TrainingError` for no
@@ -160,6 +165,10 @@ def _train(
 ) -> TrainResult:
     """:func:`train` once the device and process group are set: the run's steps, in order."""
     resume = resume_decision(out, cfg)  # refused before anything is read or written
+    if resume:
+        finished = _finished_run(cfg, out, device, started, rank, callbacks)
+        if finished is not None:  # nothing to train: the folder is left exactly as it is
+            return finished
     check_manifest(patches_dir)
     data = run_data(patches_dir, cfg, device, world)  # every image checked: no epoch lost to a bad file
     ckpt = load_checkpoint(out / "last.pt") if resume else None
@@ -176,6 +185,54 @@ def _train(
         out_dir=out, last=run.last, best=run.best, epochs_done=epochs_done, global_step=trainer.global_step,
         stopped=run.stopped, best_psnr=run.best_psnr, seconds=time.perf_counter() - started, history=run.history,
     )
+
+
+def _finished_run(
+    cfg: TrainConfig, out: Path, device: torch.device, started: float, rank: int,
+    callbacks: tuple[Callable[[TrainEvent], None], ...],
+) -> TrainResult | None:
+    """The result of the run in ``out`` if it is this recipe (``config.json``; all but
+    :data:`~aeutils.training.RUNTIME_FIELDS`) and ``last.pt`` reached ``cfg.epochs``, read from
+    ``last.pt`` and ``log.csv`` without checking the patches or writing anything; None otherwise
+    (the run continues, or changed settings are applied, as usual). The callbacks' "end" event gets
+    a :class:`Trainer` restored from ``last.pt``."""
+    if not (out / CONFIG_NAME).is_file() or config_differences(read_run_config(out)[1], cfg):
+        return None
+    ckpt = load_checkpoint(out / "last.pt")
+    ts = ckpt.train_state
+    if not ts or int(ts.get("epoch", 0)) < cfg.epochs:
+        return None
+    epochs_done = int(ts["epoch"])
+    if cfg.verbose and rank == 0:
+        print(f"aeutils train: {out} is finished ({epochs_done}/{cfg.epochs} epochs): nothing to do", flush=True)
+    if callbacks:
+        trainer = _restored_trainer(cfg, ckpt, device)
+        for cb in callbacks:
+            cb(TrainEvent("end", epochs_done, rank, trainer, out))
+    return TrainResult(
+        out_dir=out, last=out / "last.pt", best=out / "best.pt", epochs_done=epochs_done,
+        global_step=int(ts.get("global_step", 0)), stopped="nothing_to_do",
+        best_psnr=float(ts.get("best_psnr", -math.inf)), seconds=time.perf_counter() - started,
+        history=read_log(out / LOG_NAME, epochs_done),
+    )
+
+
+def _restored_trainer(cfg: TrainConfig, ckpt: Checkpoint, device: torch.device) -> Trainer:
+    """A :class:`Trainer` in the state of a finished run's ``ckpt`` (weights, optimiser, schedule, step;
+    its stored speed choice), with no probe and no data."""
+    ta = ckpt.meta.get("train_args", {})
+    n_train, world = int(ta.get("n_train", 0)), int(ta.get("world_size", 1))
+    steps_per_epoch = max(1, n_train // max(1, cfg.batch_size * world))  # as run_data counts them
+    model = Autoencoder(ckpt.config)
+    model.load_state_dict(ckpt.model.state_dict())
+    loss = ReconstructionLoss(mse=cfg.mse, l1=cfg.l1, ssim=cfg.ssim, vgg=cfg.vgg, vgg_weights=cfg.vgg_weights)
+    trainer = Trainer(
+        model, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss, device=device, channels_last=cfg.channels_last,
+        amp=cfg.amp, total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=int(ta.get("warmup_steps", 0)), schedule=cfg.schedule, speed=_stored_speed(ckpt),
+    )
+    trainer.load_state_dict(ckpt.train_state)
+    return trainer
 
 
 def _build_trainer(

@@ -38,21 +38,28 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]
 def resume_decision(out: Path, cfg: TrainConfig) -> bool:
     """Whether this call continues the run in ``out`` (True) or starts one (False), from
     ``cfg.resume`` and what the folder holds; a TrainingError saying what to pass otherwise
-    (a run there without ``resume``; ``resume="auto"`` and a run with another recipe; ``resume=True``
-    and no ``last.pt``). Nothing is read beyond ``config.json``, nothing written."""
+    (a run there without ``resume``; ``resume="auto"`` and a run with another recipe, or one without
+    ``config.json`` to compare with; ``resume=True`` and no ``last.pt``). Nothing is read beyond ``config.json``, nothing written."""
     last = out / "last.pt"
     resume = cfg.resume
     if resume == "auto":
-        if last.exists() and (out / CONFIG_NAME).exists():
+        if last.exists():
+            if not (out / CONFIG_NAME).exists():  # nothing to compare with: continuing it is the user's call
+                raise TrainingError(
+                    f"{out}: holds a run without {CONFIG_NAME}; pass --resume (resume=True) to continue it, "
+                    f"or choose another --out"
+                )
             diff = config_differences(read_run_config(out)[1], cfg)
             if diff:
                 raise TrainingError(
-                    f"{out}: already holds a run with other settings ({'; '.join(diff)}); pass --resume to "
-                    f"continue it with these, or choose another --out"
+                    f"{out}: already holds a run with other settings ({'; '.join(diff)}); pass --resume "
+                    f"(resume=True) to continue it with these, or choose another --out"
                 )
         resume = last.exists()
     if last.exists() and not resume:
-        raise TrainingError(f"{out}: already holds a run (last.pt); pass --resume to continue it or choose another --out")
+        raise TrainingError(
+            f"{out}: already holds a run (last.pt); pass --resume (resume=True) to continue it or choose another --out"
+        )
     if resume and not last.exists():
         raise TrainingError(f"{last}: nothing to resume (no last.pt in the run folder)")
     return bool(resume)
