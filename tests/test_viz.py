@@ -143,6 +143,11 @@ def test_scale_descriptions() -> None:
     assert viz.describe_scale((3, 181, 181), 0.499) == "3x181x181 px, 0.499 \u00b5m/px (90 \u00b5m wide)"
     assert viz.describe_scale((1, 46, 46), 0.499, viz.ENCODING_STRIDE) == "1x46x46 px, 1.996 \u00b5m/px (92 \u00b5m wide)"
     assert "unknown" in viz.describe_scale((1, 46, 46), None)
+    # the docstrings quote what the code prints
+    assert viz.describe_scale.__doc__.startswith(repr(viz.describe_scale((3, 181, 181), 0.499)))
+    from aeutils.viz.views import two_line_scale
+
+    assert two_line_scale.__doc__.startswith(repr(viz.describe_scale((3, 181, 181), 0.499)))
 
 
 def test_grid_figures_title_true_shapes(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
@@ -316,13 +321,17 @@ def test_explorer_rejects_bad_tensor(tiny_model: Autoencoder) -> None:
 
 
 # ------------------------------------------------------------------------------------------- figures CLI
-def test_figures_cli_writes_six_pngs(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_figures_cli_writes_six_pngs(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import Image
 
     from aeutils.cli import main
 
-    out = tmp_path / "readme_images"
-    assert main(["figures", "--out", str(out), "--checkpoint", str(tiny_ckpt), "--n", "4"]) == 0
+    monkeypatch.chdir(tmp_path)  # a bare command writes under work/figures, never over the tracked readme_images/
+    assert main(["figures", "--checkpoint", str(tiny_ckpt), "--n", "4"]) == 0
+    out = tmp_path / "work" / "figures"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
     assert sorted(p.name for p in out.iterdir()) == sorted(viz.FIGURE_FILES)  # no temp files left behind
     grid = viz.grid_figure_size((2 * 181 + 3 * 2, 2 * 181 + 3 * 2))
     for name in viz.FIGURE_FILES:
@@ -330,10 +339,12 @@ def test_figures_cli_writes_six_pngs(tiny_ckpt: Path, tmp_path: Path, capsys: py
             assert im.format == "PNG"
             assert im.size == (viz.SLIDES_FIGURE_PX if name == "sample_slides.png" else grid), name
     assert len(capsys.readouterr().out.splitlines()) == 6
-    # deterministic: the same command gives the same bytes
-    again = viz.write_figures(tmp_path / "again", model=tiny_ckpt, n=4)
-    for p in again:
-        assert p.read_bytes() == (out / p.name).read_bytes(), p.name
+    # deterministic: the same command, with --out, gives the same bytes there
+    again = tmp_path / "readme_images"
+    assert main(["figures", "--out", str(again), "--checkpoint", str(tiny_ckpt), "--n", "4"]) == 0
+    assert capsys.readouterr().out.split() == [str(again / n) for n in viz.FIGURE_FILES]
+    for name in viz.FIGURE_FILES:
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
     # the encodings differ between views, and the input and output grids differ
     data = {n: (out / n).read_bytes() for n in viz.FIGURE_FILES}
     assert len(set(data.values())) == 6
@@ -346,6 +357,30 @@ def test_figures_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "nope.pt" in capsys.readouterr().err
     assert main(["figures", "--out", str(tmp_path), "--n", "0"]) == 2
     assert "--n" in capsys.readouterr().err
+
+
+def test_manifest_mpp_reads_the_manifest_without_the_extraction_package(tmp_path: Path) -> None:
+    """The figures' patch source reads manifest.csv through aeutils.manifest: one mpp, None when mixed
+    or absent, and aeutils.patches (the extraction package) is not imported for it."""
+    from aeutils.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, write_manifest
+
+    def row(i: int, mpp: str) -> dict[str, str]:
+        r = dict.fromkeys(MANIFEST_COLUMNS, "")
+        r.update(path=f"p{i}.png", slide="s", level="0", x=str(i), y="0", size="181", mpp=mpp, tissue_fraction="1")
+        return r
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "none").mkdir()
+    write_manifest(tmp_path / "one" / MANIFEST_NAME, [row(0, "0.499"), row(1, "0.499")])
+    write_manifest(tmp_path / "mixed" / MANIFEST_NAME, [row(0, "0.499"), row(1, "0.25")])
+    code = (
+        "import sys; from pathlib import Path; from aeutils.viz.figures import manifest_mpp; "
+        f"d = Path({str(tmp_path)!r}); "
+        "print(manifest_mpp(d / 'one'), manifest_mpp(d / 'mixed'), manifest_mpp(d / 'none'), 'aeutils.patches' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["0.499", "None", "None", "False"]
 
 
 def test_import_aeutils_does_not_import_viz() -> None:

@@ -45,7 +45,7 @@ _PNG_META = {"Software": None}  # no matplotlib version in the file: same bytes 
 
 def manifest_mpp(source: Path) -> float | None:
     """The one ``mpp`` of an extraction folder's manifest.csv (None if absent, unknown or mixed)."""
-    from aeutils.patches import MANIFEST_NAME, read_manifest
+    from aeutils.manifest import MANIFEST_NAME, read_manifest  # not aeutils.patches: no extraction package
 
     if not (source / MANIFEST_NAME).is_file():
         return None
@@ -332,7 +332,10 @@ def write_figures(
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m aeutils figures``."""
-    parser.add_argument("--out", type=Path, default=Path("readme_images"), help="output folder (default: readme_images)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("work/figures"),
+        help="output folder (default: work/figures; `make figures` passes --out readme_images to refresh the README's)",
+    )
     parser.add_argument(
         "--checkpoint", type=Path, default=None,
         help="model checkpoint (default: the shipped model, or $MSCOPY_PRETRAINED)",

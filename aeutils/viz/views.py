@@ -94,7 +94,8 @@ def encoding_views(z: "torch.Tensor", view: str = "raw", low: float = 2.0, high:
 
 # --------------------------------------------------------------------------------------------- scale
 def describe_scale(shape: Sequence[int], mpp: float | None, stride: int = 1) -> str:
-    """'3x181x181 px, 0.499 um/px (90.3 um)' for a CxHxW item at ``mpp * stride`` microns per pixel."""
+    """'3x181x181 px, 0.499 \u00b5m/px (90 \u00b5m wide)' for a CxHxW item at ``mpp * stride`` microns per
+    pixel (the width is ``shape[-1]`` pixels, whole microns); 'pixel size unknown' when ``mpp`` is None."""
     dims = "x".join(str(int(s)) for s in shape)
     if mpp is None:
         return f"{dims} px, pixel size unknown"
@@ -104,5 +105,5 @@ def describe_scale(shape: Sequence[int], mpp: float | None, stride: int = 1) -> 
 
 
 def two_line_scale(scale: str) -> str:
-    """'3x181x181 px, 0.499 um/px (90 um wide)' -> shape and pixel size on two lines (panel titles)."""
+    """'3x181x181 px, 0.499 \u00b5m/px (90 \u00b5m wide)' -> shape and pixel size on two lines (panel titles)."""
     return scale.replace(", ", "\n", 1)
