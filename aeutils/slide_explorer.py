@@ -23,14 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from aeutils.model import Autoencoder
 
 
-def _png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def _boxed(img: np.ndarray, box: tuple[float, float, float, float], colour: tuple[int, int, int] = (0, 200, 255)) -> bytes:
     """``img`` (H x W x 3 uint8) with a 2 px rectangle ``box`` (x0, y0, x1, y1 in its pixels), as PNG bytes."""
     from PIL import Image, ImageDraw
@@ -231,8 +223,3 @@ class SlideExplorer:
         from IPython.display import display
 
         display(self.widget)
-
-
-def explore_slide(slide: str | os.PathLike[str], model: Any = None, **kwargs: Any) -> SlideExplorer:
-    """Build a :class:`SlideExplorer` (see there); display it by making it a cell's value."""
-    return SlideExplorer(slide, model, **kwargs)
