@@ -38,8 +38,8 @@ def test_loss_cost_smoke(checkpoint):
     assert "conv GMACs per image" in out and "VGGContentLoss" in out
 
 
-def test_loss_sensitivity_smoke(checkpoint):
+def test_loss_sensitivity_cli_runs(checkpoint):
+    """The script as a user starts it (its numbers are checked as data in test_bench_sensitivity.py;
+    nothing else runs its main()): exit 0 and the report of the model it was given."""
     out = _run("loss_sensitivity.py", "--checkpoint", str(checkpoint))
-    for name in ("pixel MSE", "trained", "random", "rho blur", "auc", "stain 0.1", "shift 1"):
-        assert name in out, (name, out)
-    assert re.search(r"ratio: trained [0-9.]+ vs random [0-9.]+ vs pixel MSE [0-9.]+", out), out
+    assert out.startswith(f"model: {checkpoint}"), out[:500]
