@@ -41,7 +41,7 @@ from aeutils.errors import PatchError
 from aeutils.io import atomic_write_text
 
 __all__ = [
-    "MANIFEST_NAME", "MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "read_manifest", "read_raw_manifest",
+    "MANIFEST_NAME", "MANIFEST_COLUMNS", "REQUIRED_COLUMNS", "SHARD_RE", "read_manifest", "read_raw_manifest",
     "write_manifest", "shard_manifest_name", "merge_manifests", "add_cli_arguments", "run_cli",
 ]
 
@@ -53,7 +53,8 @@ MANIFEST_COLUMNS = (
 )
 #: Columns every manifest has (later ones were added over time; read_manifest gives None without them).
 REQUIRED_COLUMNS = MANIFEST_COLUMNS[:10]
-_SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.csv$")
+#: File names of shard manifests (groups: K, N), as :func:`shard_manifest_name` writes them.
+SHARD_RE = re.compile(r"^manifest\.shard-(\d+)-of-(\d+)\.csv$")
 
 
 def shard_manifest_name(k: int, n: int) -> str:
@@ -140,7 +141,7 @@ def merge_manifests(out: str | os.PathLike[str], *, log: Any = None) -> tuple[Pa
     if not out.is_dir():
         raise PatchError(f"{out}: no such output folder")
     say = log or (lambda m: print(m, file=sys.stderr))
-    sources = [p for p in out.iterdir() if _SHARD_RE.match(p.name)]
+    sources = [p for p in out.iterdir() if SHARD_RE.match(p.name)]
     main = out / MANIFEST_NAME
     if not sources and not main.is_file():
         raise PatchError(f"{out}: no manifest.csv and no manifest.shard-K-of-N.csv to merge")

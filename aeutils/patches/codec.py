@@ -11,8 +11,7 @@ import numpy as np
 
 from aeutils.patches.grid import GridCell, SlidePlan
 
-__all__ = ["encode_png", "png_complete", "png_size", "manifest_row", "settings_diff",
-           "PNG_COMPRESS_LEVEL", "PNG_STRATEGY"]
+__all__ = ["encode_png", "png_complete", "png_size", "manifest_row", "PNG_COMPRESS_LEVEL", "PNG_STRATEGY"]
 
 #: PNG settings when PIL encodes (no imagecodecs): zlib level 1 with the run-length strategy (zlib.Z_RLE),
 #: ~2x faster than PIL's default level 6 for files of the same size. See :func:`encode_png`.
@@ -114,27 +113,3 @@ def manifest_row(plan: SlidePlan, c: GridCell, nbytes: int | None = None) -> dic
         "mpp_source": plan.mpp_source or "", "bytes": "" if nbytes is None else str(nbytes),
         "tissue_source": plan.tissue_source,
     }
-
-
-def settings_diff(old: list[dict[str, str]], plan: SlidePlan) -> list[str]:
-    """What a slide's earlier rows say about its grid that differs from ``plan`` ("--patch-size 128 (now 64)", ...).
-
-    Only settings that change the pixels of a patch count (size, stride, level, resampling, scale);
-    the tissue mask only selects cells (a changed selection is caught as cells that would be lost).
-    """
-    if not old or not plan.cells:
-        return []
-    new = manifest_row(plan, plan.cells[0])
-    diffs = []
-    for opt, col in (("--patch-size", "size"), ("--stride", "stride"), ("--level", "level"),
-                     ("resample factor", "resample"), ("mpp", "mpp"), ("mpp source", "mpp_source")):
-        was = {r.get(col) or "" for r in old} - {""}
-        now = new.get(col, "")
-        if col in ("resample",) and not was:
-            was = {"1"}
-        if was and now and was != {now}:
-            diffs.append(f"{opt} {', '.join(sorted(was))} (now {now})")
-    if diffs and diffs[0].startswith("--patch-size") and len(diffs) > 1 and diffs[1].startswith("--stride"):
-        if all(r.get("stride") in (None, "", r["size"]) for r in old) and plan.stride == plan.size:
-            del diffs[1]  # the default stride (= patch size) followed the patch size
-    return diffs

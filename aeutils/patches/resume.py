@@ -3,8 +3,9 @@
 :class:`OutFolder` reads the folder once (its manifest, one listing of the PNGs and leftover temp
 files) and then answers, per slide: which patches are finished (a whole PNG: header, end chunk and the
 size the manifest lists, or a full decode for unlisted ones), whether the earlier run used other
-settings (refused unless ``overwrite``), and the manifest rows at any moment (other slides' rows are
-kept only while their files exist; a failed slide keeps its earlier rows and loses this run's files).
+settings (:func:`settings_diff`; refused unless ``overwrite``), and the manifest rows at any moment
+(other slides' rows are kept only while their files exist; a failed slide keeps its earlier rows and
+loses this run's files).
 Also the shard manifests an unsharded rerun folds in. Never imports torch.
 """
 from __future__ import annotations
@@ -15,14 +16,38 @@ from pathlib import Path
 from typing import Callable
 
 from aeutils.errors import PatchError
-from aeutils.manifest import read_raw_manifest, write_manifest
-from aeutils.patches.codec import manifest_row, png_complete, settings_diff
+from aeutils.manifest import SHARD_RE, read_raw_manifest, write_manifest
+from aeutils.patches.codec import manifest_row, png_complete
 from aeutils.patches.grid import LABEL_DIRS, GridCell, SlidePlan
 
-__all__ = ["OutFolder", "scan", "check_out", "fold_shard_manifests"]
+__all__ = ["OutFolder", "settings_diff", "scan", "check_out", "fold_shard_manifests"]
 
 _TMP_RE = re.compile(r"^\.(.+)\.[^.]+\.tmp$")  # .<target name>.<random>.tmp (aeutils.io.atomic_path)
 _PNG_RE = re.compile(r"^(.+)_(\d+)_(\d+)\.png$")
+
+
+def settings_diff(old: list[dict[str, str]], plan: SlidePlan) -> list[str]:
+    """What a slide's earlier rows say about its grid that differs from ``plan`` ("--patch-size 128 (now 64)", ...).
+
+    Only settings that change the pixels of a patch count (size, stride, level, resampling, scale);
+    the tissue mask only selects cells (a changed selection is caught as cells that would be lost).
+    """
+    if not old or not plan.cells:
+        return []
+    new = manifest_row(plan, plan.cells[0])
+    diffs = []
+    for opt, col in (("--patch-size", "size"), ("--stride", "stride"), ("--level", "level"),
+                     ("resample factor", "resample"), ("mpp", "mpp"), ("mpp source", "mpp_source")):
+        was = {r.get(col) or "" for r in old} - {""}
+        now = new.get(col, "")
+        if col in ("resample",) and not was:
+            was = {"1"}
+        if was and now and was != {now}:
+            diffs.append(f"{opt} {', '.join(sorted(was))} (now {now})")
+    if diffs and diffs[0].startswith("--patch-size") and len(diffs) > 1 and diffs[1].startswith("--stride"):
+        if all(r.get("stride") in (None, "", r["size"]) for r in old) and plan.stride == plan.size:
+            del diffs[1]  # the default stride (= patch size) followed the patch size
+    return diffs
 
 
 def scan(out: Path) -> tuple[dict[str, set[str]], dict[str, list[Path]]]:
@@ -66,10 +91,8 @@ def check_out(out: Path) -> None:
 def fold_shard_manifests(out: Path, covered: set[str]) -> None:
     """Remove ``manifest.shard-K-of-N.csv`` files all of whose slides this (unsharded) run has redone:
     manifest.csv now holds them (rerunning without --shard is one way to combine shards)."""
-    from aeutils.manifest import _SHARD_RE
-
     for p in out.iterdir():
-        if _SHARD_RE.match(p.name):
+        if SHARD_RE.match(p.name):
             try:
                 slides = {r["slide"] for r in read_raw_manifest(p)}
             except PatchError:
