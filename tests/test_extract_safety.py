@@ -3,6 +3,7 @@ each reproduced as a user found it."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 from PIL import Image
 
 from aeutils.errors import PatchError, SlideError
-from aeutils.patches import drawable_text, extract, read_manifest
+from aeutils.patches import drawable_text, extract, plan_slide, read_manifest
+from aeutils.patches.runner import Task, TaskResult, blocks, close_handles, run_task
 from synthetic import write_slide
 from test_cli_extract import run_cli
 from test_patches import tree_digest
@@ -124,19 +126,62 @@ def _corrupt_tile(path: Path, index: int) -> None:
 
 
 # 4. a slide failing mid-way left PNGs and its .qc.png outside the manifest
+def _midway_bad_slide(path: Path) -> Path:
+    """A slide whose grid plans (the thumbnail comes from level 1) but whose level-0 pixels fail mid-way:
+    tissue [0, 512)^2, 64 cells of 64 px; the tile under cell rows 4-5 is corrupt."""
+    bad = write_slide(path, 3072, 3072, [(0, 0, 512, 512)], levels=2, tile=128)
+    _corrupt_tile(bad, 2 * 24 + 1)  # level 0: 24 tiles a row; tile row 2 = y 256..383
+    return bad
+
+
 def test_4_slide_failing_midway_leaves_nothing_unlisted(tmp_path: Path) -> None:
-    bad = write_slide(tmp_path / "bad.tiff", 1024, 1024, [(0, 0, 1024, 1024)], levels=1, tile=128)
-    _corrupt_tile(bad, 40)  # row 5 of 8: the first rows' patches are written before the failure
+    bad = _midway_bad_slide(tmp_path / "bad.tiff")
     good = write_slide(tmp_path / "good.tiff", 512, 512, [(0, 0, 512, 512)], levels=1)
     out = tmp_path / "o"
     errs: list[Exception] = []
-    extract([bad, good], out, patch_size=64, workers=1, progress=False, on_error=errs.append)
-    assert len(errs) == 1 and "bad.tiff" in str(errs[0]) and "cannot read pixels" in str(errs[0])
+    written_at_failure: list[int] = []
+
+    def on_error(err: Exception) -> None:
+        errs.append(err)
+        written_at_failure.append(len(list(out.glob("*/bad_*.png"))))
+
+    extract([bad, good], out, patch_size=64, workers=1, progress=False, on_error=on_error)
+    assert len(errs) == 1 and type(errs[0]) is SlideError
+    assert str(errs[0]).startswith(f"{bad}: cannot read pixels (")
+    assert written_at_failure == [32]  # cell rows 0-3 were written before the failure
     rows = read_manifest(out)
     assert {r["slide"] for r in rows} == {"good"}
     on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png") if not p.name.endswith(".qc.png"))
     assert on_disk == sorted(r["path"] for r in rows)  # no PNG outside the manifest
     assert not (out / "bad.qc.png").exists() and (out / "good.qc.png").exists()
+
+
+def test_4_task_errors_carry_their_kind(tmp_path: Path) -> None:
+    # The slide sits inside --out: a message starting with the output folder's path is still a slide error.
+    out = tmp_path / "o"
+    out.mkdir()
+    bad = _midway_bad_slide(out / "bad.tiff")
+    plan = plan_slide(bad, patch_size=64)
+    tasks = blocks(plan, out, plan.cells)
+    try:
+        results = [run_task(t) for t in tasks]
+    finally:
+        close_handles()
+    failed = [r for r in results if r.error is not None]
+    assert len(failed) == 1 and type(failed[0].error) is SlideError and len(failed[0].sizes) == 32
+    assert str(failed[0].error).startswith(f"{bad}: cannot read pixels (")
+    # What the pool sends both ways survives pickling, kind included.
+    task, result = pickle.loads(pickle.dumps(tasks[0])), pickle.loads(pickle.dumps(failed[0]))
+    assert type(task) is Task and task == tasks[0] and task.paths() == tasks[0].paths()
+    assert type(result) is TaskResult and type(result.error) is SlideError and str(result.error) == str(failed[0].error)
+    # An output folder that cannot be written (a file where the label folder goes): an error about --out.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "unlabeled").write_text("x")
+    r = run_task(tasks[0]._replace(out=str(blocked)))
+    assert type(r.error) is PatchError and r.sizes == [] and str(r.error).startswith(f"{blocked}: cannot write patches")
+    with pytest.raises(SlideError, match=r"bad\.tiff: cannot read pixels"):
+        extract(bad, out, patch_size=64, workers=2, progress=False)
 
 
 # 5. rerunning on a subset kept other slides' rows without checking their files exist

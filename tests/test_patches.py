@@ -19,7 +19,7 @@ from aeutils.patches import (
     plot_grid,
     read_manifest,
 )
-from aeutils.patches.runner import blocks, run_task, task_paths
+from aeutils.patches.runner import blocks, run_task
 from synthetic import asap_xml, expected_cells, rect_polygon, write_slide
 
 W, H = 1024, 768
@@ -98,10 +98,11 @@ def test_keep_needs_annotations(syn: Path, tmp_path: Path) -> None:
 def test_block_reads_equal_single_reads(syn: Path, tmp_path: Path, level: int) -> None:
     plan = plan_slide(syn, patch_size=64, level=level)
     tasks = blocks(plan, tmp_path, plan.cells)
-    reads = [r for t in tasks for r in t[4]]
+    reads = [r for t in tasks for r in t.reads]
     assert len(reads) < len(plan.cells)  # neighbours really are read together
     for t in tasks:
-        assert run_task(t)[:2] == (len(task_paths(t)), None)
+        result = run_task(t)
+        assert result.error is None and len(result.sizes) == len(t.paths())
     for c in plan.cells:
         got = np.asarray(Image.open(tmp_path / c.relpath(plan.name)))
         np.testing.assert_array_equal(got, _ref(syn, c.x, c.y, level, 64))
@@ -113,7 +114,7 @@ def test_non_integer_downsample_reads_per_patch(tmp_path: Path) -> None:
     assert not float(plan.downsample).is_integer()
     out = tmp_path / "o"
     tasks = blocks(plan, out, plan.cells)
-    assert sum(len(t[4]) for t in tasks) == len(plan.cells)  # one read per cell
+    assert sum(len(t.reads) for t in tasks) == len(plan.cells)  # one read per cell
     for t in tasks:
         run_task(t)
     for c in plan.cells:

@@ -1,11 +1,13 @@
 """``extract()``: slides -> PNG tree + ``manifest.csv`` + QC figures, resumable, on every core.
 
-The procedure: check every option once; pick this run's slides (duplicates, clashing names, shard);
-read what the output folder holds (:class:`~aeutils.patches.resume.OutFolder`); per slide plan the grid
+The procedure, one step a function: check every option once (``_check_options``); pick this run's
+slides (duplicates, clashing names, shard: ``_this_runs_slides``); read what the output folder holds
+(:class:`~aeutils.patches.resume.OutFolder`); per slide plan the grid
 (:func:`~aeutils.patches.grid.plan_slide`), keep its finished patches, queue the rest as tasks on the
-pool (:mod:`aeutils.patches.runner`) and draw its QC figure while the pool works; collect the tasks,
-rewriting the manifest now and then; on the way out (Ctrl-C included) write the manifest of what is
-finished. Never imports torch.
+pool (:mod:`aeutils.patches.runner`) and draw its QC figure while the pool works (``_Run.queue``);
+collect the tasks' results, rewriting the manifest now and then (``_Run.collect``); on the way out
+(Ctrl-C included) stop the pool and write the manifest of what is finished (``_Run.close``). Never
+imports torch.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +26,7 @@ from aeutils.patches.grid import (
 )
 from aeutils.patches.qc import save_qc
 from aeutils.patches.resume import OutFolder, check_out, fold_shard_manifests
-from aeutils.patches.runner import Task, blocks, close_handles, default_workers, run_task, start_pool, task_paths
+from aeutils.patches.runner import Task, TaskResult, blocks, close_handles, default_workers, run_task, start_pool
 from aeutils.scale import check_assume_mpp
 
 __all__ = ["extract", "MANIFEST_EVERY_S"]
@@ -131,8 +134,47 @@ def extract(
     The pool forks on Linux; elsewhere it spawns, which re-imports the calling script: call ``extract``
     from under ``if __name__ == "__main__":`` there (notebooks need nothing).
     """
-    # -- options: checked once, before any slide --------------------------------------------------
     paths = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
+    size, level = _check_options(paths, patch_size, level, mpp, assume_mpp, stride, min_tissue, annotations, mask,
+                                 keep, max_patches)
+    shard_kn = parse_shard(shard)
+    nworkers = default_workers() if workers is None else check_positive("workers", workers)
+    out = Path(out)
+    check_out(out)
+    plan_of = partial(plan_slide, patch_size=size, level=level, stride=stride, min_tissue=min_tissue,
+                      annotations=annotations, mpp=mpp, assume_mpp=assume_mpp, keep=keep, max_patches=max_patches,
+                      seed=seed, mask=mask)
+
+    notes = _Notes(log or _print, on_error)
+    unique, name_errors = _this_runs_slides([Path(p) for p in paths], shard_kn, notes.say)
+    for err in name_errors:
+        notes.fail(err)
+    manifest = out / (MANIFEST_NAME if shard_kn is None else shard_manifest_name(*shard_kn))
+    folder = OutFolder(out, manifest, {p.stem for p in unique}, notes.say)
+    run = _Run(folder, notes, nworkers if unique else 1, progress)
+    completed = False
+    try:
+        for p in unique:
+            run.queue(plan_of, p, overwrite)
+        run.collect()
+        completed = True
+    finally:
+        manifest = run.close(completed)
+        if completed and shard_kn is None:
+            fold_shard_manifests(out, {pl.name for pl in folder.plans} - folder.failed)
+    if notes.errors and on_error is None:
+        raise notes.errors[0]
+    return manifest
+
+
+def _check_options(
+    paths: list[Any], patch_size: Any, level: int | None, mpp: float | None, assume_mpp: float | None,
+    stride: Any, min_tissue: Any, annotations: Any, mask: Any, keep: str | None, max_patches: Any,
+) -> tuple[int, int | None]:
+    """Every option of :func:`extract`, checked once before any slide: (patch size, level; None: ``mpp`` picks).
+
+    Raises :class:`PatchError` (or :class:`AnnotationError` for a missing annotation path).
+    """
     if not paths:
         raise PatchError("no slides given")
     size, _ = check_grid_options(patch_size, stride, min_tissue, max_patches)
@@ -144,96 +186,113 @@ def extract(
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise PatchError(f"--mpp must be a positive number of microns per pixel, got {mpp:g}")
     check_assume_mpp(assume_mpp)
-    shard_kn = parse_shard(shard)
-    nworkers = default_workers() if workers is None else check_positive("workers", workers)
-    out = Path(out)
-    check_out(out)
+    return size, level
 
-    from tqdm.auto import tqdm
 
-    def say(msg: str) -> None:
+class _Notes:
+    """Where a run's lines go, above the progress bar: notes to ``log``, slide errors to ``on_error``.
+
+    Every error is also kept in :attr:`errors` (``extract`` raises the first when there is no ``on_error``).
+    """
+
+    def __init__(self, log: Callable[[str], None], on_error: Callable[[AeutilsError], None] | None):
+        self.log, self.on_error = log, on_error
+        self.errors: list[AeutilsError] = []
+
+    def say(self, msg: str) -> None:
+        """A warning or a slide's summary line."""
+        from tqdm.auto import tqdm
+
         with tqdm.external_write_mode(file=sys.stderr):
-            (log or _print)(msg)
+            self.log(msg)
 
-    errors: list[AeutilsError] = []
+    def fail(self, err: AeutilsError) -> None:
+        """A slide that cannot be (fully) extracted; the others go on."""
+        from tqdm.auto import tqdm
 
-    def fail(err: AeutilsError) -> None:
-        errors.append(err)
-        if on_error is not None:
+        self.errors.append(err)
+        if self.on_error is not None:
             with tqdm.external_write_mode(file=sys.stderr):
-                on_error(err)
+                self.on_error(err)
 
-    # -- this run's slides and what the folder already holds ------------------------------------------
-    unique, name_errors = _this_runs_slides([Path(p) for p in paths], shard_kn, say)
-    for err in name_errors:
-        fail(err)
-    manifest = out / (MANIFEST_NAME if shard_kn is None else shard_manifest_name(*shard_kn))
-    folder = OutFolder(out, manifest, {p.stem for p in unique}, say)
-    # fork now, before any slide is open here
-    pool = start_pool(nworkers) if nworkers > 1 and unique else None
-    queued: list[tuple[SlidePlan, Task, Any]] = []  # (plan, task, AsyncResult or None: run inline)
-    left: dict[str, int] = {}  # slide -> tasks not finished yet
 
-    bar = tqdm(total=0, desc="patches", unit="patches", disable=not progress, dynamic_ncols=True, file=sys.stderr)
-    completed = False
-    try:
-        # Plan each slide, queue its tasks on the pool, then draw its QC figure while the pool works.
-        for p in unique:
-            try:
-                plan = plan_slide(p, size, level, stride, min_tissue, annotations, mpp=mpp, assume_mpp=assume_mpp,
-                                  keep=keep, max_patches=max_patches, seed=seed, mask=mask)
-                if plan.scale is not None and plan.scale.mpp is None:
-                    say(f"warning: {plan.scale.describe()}")
-                pending = folder.admit(plan, overwrite)
-            except AeutilsError as err:
-                fail(err)
-                continue
-            bar.total += len(plan.cells)
-            bar.update(len(plan.cells) - len(pending))
-            tasks = blocks(plan, out, pending)
-            left[plan.name] = len(tasks)
-            queued.extend((plan, t, None if pool is None else pool.apply_async(run_task, (t,))) for t in tasks)
-            save_qc(plan, folder.qc_path(plan.name))
-            plan.thumbnail = plan.thumbnail[:0]  # free memory; the QC figure is done
-            if not tasks:
-                say(folder.summary(plan))
-        bar.refresh()
-        # Collect the tasks in order; rewrite the manifest now and then.
+class _Run:
+    """The slides' tasks on a pool of ``workers`` processes (1: run inline), filling ``folder``.
+
+    Steps, in order: :meth:`queue` each slide, :meth:`collect` the results, :meth:`close` (always).
+    """
+
+    def __init__(self, folder: OutFolder, notes: _Notes, workers: int, progress: bool):
+        from tqdm.auto import tqdm
+
+        self.folder, self.notes = folder, notes
+        self.pool = start_pool(workers) if workers > 1 else None  # fork now, before any slide is open here
+        self.queued: list[tuple[SlidePlan, Task, Any]] = []  # (plan, task, AsyncResult or None: run inline)
+        self.left: dict[str, int] = {}  # slide -> tasks not finished yet
+        self.bar = tqdm(total=0, desc="patches", unit="patches", disable=not progress, dynamic_ncols=True,
+                        file=sys.stderr)
+
+    def queue(self, plan_of: Callable[[Path], SlidePlan], path: Path, overwrite: bool) -> None:
+        """Plan slide ``path``, keep its finished patches, queue the rest on the pool, then draw its QC
+        figure while the pool works. A slide that cannot be planned or admitted goes to ``notes.fail``."""
+        try:
+            plan = plan_of(path)
+            if plan.scale is not None and plan.scale.mpp is None:
+                self.notes.say(f"warning: {plan.scale.describe()}")
+            pending = self.folder.admit(plan, overwrite)
+        except AeutilsError as err:
+            self.notes.fail(err)
+            return
+        self.bar.total += len(plan.cells)
+        self.bar.update(len(plan.cells) - len(pending))
+        tasks = blocks(plan, self.folder.out, pending)
+        self.left[plan.name] = len(tasks)
+        pool = self.pool
+        self.queued.extend((plan, t, None if pool is None else pool.apply_async(run_task, (t,))) for t in tasks)
+        save_qc(plan, self.folder.qc_path(plan.name))
+        plan.thumbnail = plan.thumbnail[:0]  # free memory; the QC figure is done
+        if not tasks:
+            self.notes.say(self.folder.summary(plan))
+
+    def collect(self) -> None:
+        """Take the tasks' results in order (a failed slide's other tasks are waited for and dropped);
+        rewrite the manifest now and then."""
+        self.bar.refresh()
         last_write, every = time.monotonic(), MANIFEST_EVERY_S
-        for pl, task, res in queued:
-            if pl.name in folder.failed:
+        for plan, task, res in self.queued:
+            if plan.name in self.folder.failed:
                 if res is not None:
                     res.wait()
                 continue
-            bar.set_postfix_str(pl.name, refresh=False)
-            n, err, sizes = res.get() if res is not None else run_task(task)
-            folder.record(pl.name, task_paths(task), sizes)
-            bar.update(n)
-            if err is not None:
-                folder.failed.add(pl.name)
-                fail(SlideError(err) if not err.startswith(str(out)) else PatchError(err))
-                continue
-            left[pl.name] -= 1
-            if left[pl.name] == 0:
-                say(folder.summary(pl))
+            self.bar.set_postfix_str(plan.name, refresh=False)
+            self._record(plan, task, res.get() if res is not None else run_task(task))
             if time.monotonic() - last_write > every:
                 t0 = time.monotonic()
-                folder.write()
+                self.folder.write()
                 last_write = time.monotonic()
                 # Big runs (hundreds of slides): keep the periodic rewrite under ~5 % of the time.
                 every = max(MANIFEST_EVERY_S, 20 * (last_write - t0))
-        completed = True
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+
+    def _record(self, plan: SlidePlan, task: Task, result: TaskResult) -> None:
+        """One task's PNGs into the folder's record; its slide's summary once the slide is done."""
+        self.folder.record(plan.name, task.paths(), result.sizes)
+        self.bar.update(len(result.sizes))
+        if result.error is not None:
+            self.folder.failed.add(plan.name)
+            self.notes.fail(result.error)
+            return
+        self.left[plan.name] -= 1
+        if self.left[plan.name] == 0:
+            self.notes.say(self.folder.summary(plan))
+
+    def close(self, completed: bool) -> Path:
+        """Stop the pool and close the slides; if the run ``completed``, remove what failed slides wrote.
+        Writes the manifest of what is finished (Ctrl-C included) and returns its path."""
+        self.bar.close()
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
         close_handles()
         if completed:
-            folder.remove_failed()
-        manifest = folder.write()
-        if completed and shard_kn is None:
-            fold_shard_manifests(out, {pl.name for pl in folder.plans} - folder.failed)
-    if errors and on_error is None:
-        raise errors[0]
-    return manifest
+            self.folder.remove_failed()
+        return self.folder.write()

@@ -12,25 +12,58 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from aeutils.errors import AeutilsError, PatchError, SlideError
 from aeutils.io import atomic_write_bytes
 from aeutils.patches.codec import encode_png
 from aeutils.patches.grid import GridCell, SlidePlan
 from aeutils.scale import ScaleChoice
 
-__all__ = ["BLOCK_SIDE", "Task", "blocks", "run_task", "task_paths", "read_level", "start_pool",
+__all__ = ["BLOCK_SIDE", "Read", "Task", "TaskResult", "blocks", "run_task", "read_level", "start_pool",
            "close_handles", "default_workers"]
 
 #: Side (pixels at the level) of the square a task covers (its strips share tiles through the cache).
 BLOCK_SIDE = 2048
 
-# A task: (slide path, level, size, out dir, reads, scale); each read is (bx0, by0, w, h, [(ox, oy, relpath)]):
-# a w x h region of level pixels with top-left level pixel (bx0, by0), and the output-pixel top-left
-# (ox, oy) of each patch computed from it (aeutils.scale.resample_region).
-Task = tuple
+
+class Read(NamedTuple):
+    """One read of a task: ``w`` x ``h`` level pixels with top-left level pixel (``x0``, ``y0``), and the
+    patches computed from it (:func:`aeutils.scale.resample_region`)."""
+
+    x0: int
+    y0: int
+    w: int
+    h: int
+    patches: list[tuple[int, int, str]]  # (ox, oy, relpath): output-pixel top-left of each patch, its PNG
+
+
+class Task(NamedTuple):
+    """What one pool job does: ``reads`` of ``slide`` at ``level``, cut into ``size`` x ``size`` PNGs under ``out``."""
+
+    slide: str  # slide file
+    level: int  # pyramid level read
+    size: int  # patch side, output pixels
+    out: str  # output folder
+    reads: list[Read]
+    scale: ScaleChoice  # level read -> output pixels (factor 1: as read)
+
+    def paths(self) -> list[str]:
+        """Relative PNG paths the task writes, in the order it writes them."""
+        return [rel for r in self.reads for _, _, rel in r.patches]
+
+
+class TaskResult(NamedTuple):
+    """What a task did: the byte size of each PNG written (task order), and why it stopped if it did.
+
+    ``error`` is :class:`SlideError` when the slide's pixels cannot be read, :class:`PatchError` when the
+    output folder cannot be written; the PNGs listed in ``sizes`` are whole either way.
+    """
+
+    sizes: list[int]
+    error: AeutilsError | None = None
 
 
 def default_workers() -> int:
@@ -90,42 +123,34 @@ def read_level(path: str, level: int, ds: float, bx0: int, by0: int, w: int, h: 
     return slides.read_rgb(osr, x, y, level, w, h)
 
 
-def run_task(task: Task) -> tuple[int, str | None, list[int]]:
-    """Do one task's reads, cut/resample their patches, write the PNGs.
-
-    Returns (patches written, error or None, byte size of each PNG written, in task order).
-    """
-    path, level, size, out, reads, choice = task
+def run_task(task: Task) -> TaskResult:
+    """Do one task's reads, cut/resample their patches, write the PNGs."""
     sizes: list[int] = []
     try:
         import openslide
 
         from aeutils.scale import resample_region
 
-        root = Path(out)
-        for folder in {rel.rpartition("/")[0] for rel in task_paths(task)}:
+        root = Path(task.out)
+        for folder in {rel.rpartition("/")[0] for rel in task.paths()}:
             (root / folder).mkdir(parents=True, exist_ok=True)
-        ds = choice.level_downsample
-        for bx0, by0, w, h, cells in reads:
+        ds = task.scale.level_downsample
+        for r in task.reads:
             try:
                 # One read per strip; each patch is then what a read of its own would give.
-                region = read_level(path, level, ds, bx0, by0, w, h)
+                region = read_level(task.slide, task.level, ds, r.x0, r.y0, r.w, r.h)
             except openslide.OpenSlideError as exc:
-                return len(sizes), f"{path}: cannot read pixels ({' '.join(str(exc).split())}); truncated or corrupt file?", sizes
-            for ox, oy, rel in cells:
-                data = encode_png(resample_region(choice, region, bx0, by0, ox, oy, size, size))
+                why = f"cannot read pixels ({' '.join(str(exc).split())}); truncated or corrupt file?"
+                return TaskResult(sizes, SlideError(f"{task.slide}: {why}"))
+            for ox, oy, rel in r.patches:
+                data = encode_png(resample_region(task.scale, region, r.x0, r.y0, ox, oy, task.size, task.size))
                 # No fsync per patch (thousands of small files): the rename alone makes a kill -9 leave
                 # whole PNGs or none, which is what resume relies on; it does not guard a power cut.
                 atomic_write_bytes(root / rel, data, fsync=False)
                 sizes.append(len(data))
-        return len(sizes), None, sizes
+        return TaskResult(sizes)
     except OSError as exc:
-        return len(sizes), f"{out}: cannot write patches ({exc.strerror or exc})", sizes
-
-
-def task_paths(task: Task) -> list[str]:
-    """Relative PNG paths a task writes, in the order it writes them."""
-    return [rel for *_, cells in task[4] for _, _, rel in cells]
+        return TaskResult(sizes, PatchError(f"{task.out}: cannot write patches ({exc.strerror or exc})"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,7 +221,7 @@ def blocks(plan: SlidePlan, out: Path, todo: list[GridCell]) -> list[Task]:
         groups.setdefault(((oy // stride) // per, (ox // stride) // per), []).append((oy, ox, c))
     tasks = []
     for key in sorted(groups):
-        reads: list[tuple[int, int, int, int, list[tuple[int, int, str]]]] = []
+        reads: list[Read] = []
         run: list[tuple[int, int, GridCell]] = []
 
         def flush() -> None:
@@ -204,7 +229,8 @@ def blocks(plan: SlidePlan, out: Path, todo: list[GridCell]) -> list[Task]:
                 oy0, ox0, _ = run[0]
                 bx0, by0, _, by1 = _src_box(choice, ox0, oy0, size)
                 bx1 = _src_box(choice, run[-1][1], oy0, size)[2]
-                reads.append((bx0, by0, bx1 - bx0, by1 - by0, [(ox, oy, c.relpath(plan.name)) for oy, ox, c in run]))
+                patches = [(ox, oy, c.relpath(plan.name)) for oy, ox, c in run]
+                reads.append(Read(bx0, by0, bx1 - bx0, by1 - by0, patches))
                 run.clear()
 
         for oy, ox, c in sorted(groups[key], key=lambda t: (t[0], t[1])):
@@ -212,5 +238,5 @@ def blocks(plan: SlidePlan, out: Path, todo: list[GridCell]) -> list[Task]:
                 flush()
             run.append((oy, ox, c))
         flush()
-        tasks.append((str(plan.path), plan.level, size, str(out), reads, choice))
+        tasks.append(Task(str(plan.path), plan.level, size, str(out), reads, choice))
     return tasks
