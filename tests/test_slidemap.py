@@ -358,3 +358,105 @@ def test_slide_reads_decode_tiles_and_equal_openslide(syn: Path) -> None:
             for box in ((37, 51, 300, 211), (w - 129, h - 77, 129, 77), (0, 0, w, h)):
                 assert np.array_equal(src.read(*box), read_scaled(s, choice, *box)), (choice.describe(), box)
 
+
+
+# --------------------------------------------------------------------------------------------- the package's parts
+def test_package_parts_one_idea_a_module() -> None:
+    """Every public name resolves from aeutils.slidemap (and its home module), the package imports
+    without torch, and ``python -m aeutils encode`` is still wired to it."""
+    import importlib
+
+    import aeutils.slidemap as sm
+
+    parts = ("geometry", "sources", "tiles", "stats", "store", "pyramid", "figure", "encode", "cli")
+    homes = {name: importlib.import_module(f"aeutils.slidemap.{name}") for name in parts}
+    for name in sm.__all__:
+        obj = getattr(sm, name)
+        assert any(getattr(m, name, None) is obj for m in homes.values()), name
+    assert sm.encode_slide.__module__ == "aeutils.slidemap.encode" and sm.run_cli.__module__ == "aeutils.slidemap.cli"
+    code = "import sys, aeutils.slidemap; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "aeutils", "encode", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and "--reconstruction" in out.stdout, out.stderr
+
+
+def test_tissue_cores_and_their_latent_masks() -> None:
+    """Cores touching a mask's tissue (a thumbnail at 1/10 of level 0) and, per core, the mask at each
+    latent pixel's centre; at a coarser input scale (ds = 2) the same level-0 tissue."""
+    from aeutils.slidemap import latent_mask, tissue_tiles
+    from aeutils.tissue import TissueMask
+
+    mask = np.zeros((100, 120), bool)  # level 0 is 1200 x 1000 px
+    mask[10:30, 60:80] = True  # level-0 x 600..800, y 100..300
+    tissue = TissueMask(mask=mask, scale=(0.1, 0.1), threshold=None, source="array")
+    grid = TileGrid(1200, 1000, 256, 0)
+    assert tissue_tiles(tissue, grid, 1.0) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    m = latent_mask(tissue, grid, 0, 2, 1.0)  # core x 512..768, y 0..256: latent 128..192 x 0..64
+    assert m.shape == (64, 64)
+    xs, ys = (np.arange(128, 192) + 0.5) * 4, (np.arange(0, 64) + 0.5) * 4  # level-0 centres
+    want = ((ys >= 100) & (ys < 300))[:, None] & ((xs >= 600) & (xs < 800))[None, :]
+    assert np.array_equal(m, want)
+    coarse = TileGrid(600, 500, 256, 0)  # input px = 2 level-0 px
+    assert tissue_tiles(tissue, coarse, 2.0) == [(0, 1)]
+
+
+def test_work_store_resumes_only_its_own_settings(tmp_path: Path) -> None:
+    from aeutils.slidemap import WorkStore
+
+    store = WorkStore(tmp_path / "work")
+    assert store.start({"core": 256}) is False
+    z, m = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[True, False, True], [False, True, False]])
+    store.save("z", 0, 1, z)
+    store.save("m", 0, 1, m)
+    assert store.done(0, 1, False) and not store.done(0, 1, True)
+    assert store.todo([(0, 0), (0, 1)], True, False) == [(0, 0)]
+    assert store.todo([(0, 0), (0, 1)], False, False) == [(0, 0), (0, 1)]
+    assert [v.tolist() for v in store.tissue_values([(0, 0), (0, 1)])] == [[0.0, 2.0, 4.0]]
+    assert WorkStore(tmp_path / "work").start({"core": 256}) is True  # same settings: kept
+    assert store.load("z", 0, 1).tolist() == z.tolist()
+    assert store.start({"core": 512}) is False and store.load("z", 0, 1) is None  # other settings: emptied
+    assert not [p for p in (tmp_path / "work").iterdir() if p.name != "settings.json"]
+
+
+def test_pyramid_levels_are_block_means_on_background(tmp_path: Path) -> None:
+    """write_pyramid assembles its TIFF tiles from cells: missing cells are background, edge cells are
+    clipped, each level is the block mean of level 0 padded with background, mpp doubles per level."""
+    import tifffile
+
+    from aeutils.slidemap import pyramid_factors, write_pyramid
+
+    w, h, cell, bg = 701, 518, 256, 7  # sides not multiples of the factors: edge blocks padded
+    rng = np.random.default_rng(1)
+    full = np.full((h, w, 3), bg, np.uint8)
+    cells = {}
+    for cy in range(-(-h // cell)):
+        for cx in range(-(-w // cell)):
+            if (cy, cx) == (1, 1):
+                continue  # no tissue there: background
+            a = rng.integers(0, 256, (min(cell, h - cy * cell), min(cell, w - cx * cell), 3), dtype=np.uint8)
+            full[cy * cell:cy * cell + a.shape[0], cx * cell:cx * cell + a.shape[1]] = a
+            cells[(cy, cx)] = lambda a=a: a
+    assert pyramid_factors(w, h, cell) == [1, 2, 4]
+    path = write_pyramid(tmp_path / "p.tiff", w, h, 3, cell, cells, bg, 0.5, '{"x": 1}', "zlib")
+    assert not [p for p in tmp_path.iterdir() if p.name != "p.tiff"]
+    with tifffile.TiffFile(path) as tf:
+        assert len(tf.pages) == 3 and tf.pages[0].description == '{"x": 1}'
+        for page, f in zip(tf.pages, (1, 2, 4)):
+            got = page.asarray()
+            hp, wp = -(-h // f) * f, -(-w // f) * f
+            padded = np.pad(full, ((0, hp - h), (0, wp - w), (0, 0)), constant_values=bg)
+            want = padded.reshape(hp // f, f, wp // f, f, 3).astype(np.float32).mean(axis=(1, 3))
+            assert got.shape == want.shape and np.array_equal(got, np.rint(want).astype(np.uint8)), f
+            px_cm = page.tags["XResolution"].value
+            assert px_cm[0] / px_cm[1] == pytest.approx(1e4 / (0.5 * f))
+
+
+def test_summary_line_says_what_the_run_did() -> None:
+    from aeutils.slidemap import SlideMap, summary_line
+
+    done = SlideMap(Path("m/a.encoding.tiff"), None, 0.5, (20, 30), 6, 4, 2.0, 4.0)
+    assert summary_line(done) == "m/a.encoding.tiff (30 x 20 px, 2 um/px; 4 of 6 tissue tiles encoded, 2.0 Mpx at 0.50 Mpx/s)"
+    resumed = SlideMap(Path("a.tiff"), Path("a.rec.tiff"), None, (20, 30), 6, 0, 0.0, 0.0)
+    assert summary_line(resumed) == "a.tiff (30 x 20 px; all 6 tissue tiles resumed from the work folder) + a.rec.tiff"
+    same = SlideMap(Path("a.tiff"), None, 0.25, (20, 30), 0, 0, 0.0, 0.0, up_to_date=True)
+    assert summary_line(same) == "a.tiff (30 x 20 px, 1 um/px; up to date)"
