@@ -2,8 +2,9 @@
 
     python -m aeutils train PATCHES_DIR --out RUN_DIR [--epochs 10] [--batch-size 16] [--crop 181]
         [--lr 2e-3] [--config n_blocks=2 widths=32,32,8] [--ssim 0.2] [--time-budget 45m] [--resume]
-    # rerunning the same command continues the run (after Ctrl-C or a --time-budget stop);
-    # --resume continues it with changed settings (e.g. more --epochs)
+    # rerunning the same command continues the run (after Ctrl-C or a --time-budget stop; a finished
+    # run returns at once, its folder untouched); --resume continues it with changed settings (e.g.
+    # more --epochs) and is needed for a folder without config.json; --val-limit 0: validate on all
     torchrun --nproc_per_node 4 -m aeutils train PATCHES_DIR --out RUN_DIR ...   # DDP
 
 The same as a function: :func:`train`. The pieces are reusable: :class:`ReconstructionLoss` (MSE + optional L1
