@@ -17,7 +17,8 @@ Modules (each one idea):
                 DDP; a package: config, step, rng, trainer, datasets, distributed, runs, logs, loop, cli
     encoding    running a model over a batch of patches (``encode_batch`` -> ``EncodedBatch``, ``rgb_batch``)
     viz         views (numbers -> display arrays), figures (the ``figures`` command), the ipywidgets explorer
-    slidemap    whole-slide encoding maps as pyramidal TIFFs (the ``encode`` command)
+    slidemap    whole-slide encoding maps as pyramidal TIFFs (the ``encode`` command); a package: geometry,
+                sources, tiles, stats, store, pyramid, figure, encode_slide(), CLI
     slide_explorer  the slide-level ipywidgets explorer linked to an encoding map
     loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
     sensitivity evidence: a loss's response to lost detail vs to nuisances
