@@ -9,15 +9,14 @@ import pytest
 import torch
 
 from aeutils.encoding import EncodedBatch, encode_batch, rgb_batch
-from aeutils.model import Autoencoder, AutoencoderConfig
+from aeutils.model import Autoencoder
 
-TINY = AutoencoderConfig(widths=(8, 8, 4), n_blocks=1)
+from tinymodels import tiny_model as _tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> Autoencoder:
-    torch.manual_seed(0)
-    return Autoencoder(TINY).eval()
+    return _tiny_model()
 
 
 @pytest.fixture(scope="module")

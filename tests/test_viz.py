@@ -17,15 +17,14 @@ torch = pytest.importorskip("torch")
 from aeutils import viz  # noqa: E402
 from aeutils.checkpoint import save_checkpoint  # noqa: E402
 from aeutils.encoding import encode_batch  # noqa: E402
-from aeutils.model import Autoencoder, AutoencoderConfig  # noqa: E402
+from aeutils.model import Autoencoder  # noqa: E402
 
-TINY = AutoencoderConfig(widths=(8, 8, 4), n_blocks=1)
+from tinymodels import tiny_model as _tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> Autoencoder:
-    torch.manual_seed(0)
-    return Autoencoder(TINY).eval()
+    return _tiny_model()
 
 
 @pytest.fixture(scope="module")
