@@ -186,13 +186,15 @@ def vgg16_hed_loss(*, layers: int = 9, criterion: str = "l1", weight: float = 1.
                        name="VGG16 (HED)", criterion=criterion, weight=weight)
 
 
-def random_encoding_loss(reference: EncodingLoss | None = None, *, seed: int = 0, **kwargs) -> EncodingLoss:
+def random_encoding_loss(reference: EncodingLoss | None = None, *, seed: int = 0, config=None, **kwargs) -> EncodingLoss:
     """:class:`~aeutils.loss.EncodingLoss` through a randomly initialised encoder (``seed``) of the
-    shipped model's architecture (or ``reference``'s, whose taps and normalisation it copies)."""
+    architecture ``config`` (an :class:`~aeutils.model.AutoencoderConfig`; default: the shipped
+    model's); with ``reference``, its taps, criterion and normalisation are copied (``kwargs`` win)."""
     from aeutils.checkpoint import load_pretrained
     from aeutils.model import Autoencoder
 
-    config = load_pretrained().config
+    if config is None:
+        config = load_pretrained().config
     torch.manual_seed(seed)
     model = Autoencoder(config).eval()
     if reference is not None:
