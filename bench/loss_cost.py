@@ -9,7 +9,10 @@
 Both losses run in the same process on the same batches, interleaved (A, B, A, B, ...; the first
 round is a discarded warm-up) so machine load hits both alike. VGG uses random weights (timing
 does not depend on the values; nothing is downloaded). Prints the median seconds per image and the
-ratio EncodingLoss / VGG (target: <= 1.0).
+ratio EncodingLoss / VGG (target: <= 1.0), and EncodingLoss / each ImageNet arm for every tap set of
+``--taps`` (default: stage1, the shipped default, and stage1+stage2, the other set bench/sr_losses.py
+searches; the loss stops at the deepest tap with a weight), target <= 0.10. :func:`measure` returns the
+numbers as data.
 """
 from __future__ import annotations
 
@@ -51,6 +54,17 @@ def conv_macs(loss: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    measure(argv)
+    return 0
+
+
+def _tap_label(taps: str) -> str:
+    return "EncodingLoss" if taps == "stage1" else f"EncodingLoss[{taps}]"
+
+
+def measure(argv: list[str] | None = None) -> dict:
+    """Run the bench (command-line arguments ``argv``); returns {"median_s": {loss: s per image},
+    "ratios": {"<encoding row> / <baseline>": ratio}, "gmacs": {loss: conv GMACs per image}, "device", "cpu"}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny run for tests (65 px, 1 image, 2 repeats)")
     ap.add_argument("--size", type=int, default=181, help="image side, pixels (4k+1)")
@@ -61,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="cpu | cuda | cuda:N | mps (default: aeutils.device.pick_device, i.e. $MSCOPY_DEVICE or the best available)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-unfused", action="store_true", help="skip the EncodingLoss(fuse=False) row")
+    ap.add_argument("--taps", default="stage1,stage1+stage2",
+                    help="EncodingLoss tap sets timed, comma-separated ('+' joins taps); the first is the 'EncodingLoss' row")
     args = ap.parse_args(argv)
     if args.smoke:
         args.size, args.batch, args.repeats = 65, 1, 2
@@ -75,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     dev = pick_device(args.device, quiet=True)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     kw = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-    losses = {"EncodingLoss": EncodingLoss(**kw).to(dev), "VGGContentLoss": VGGContentLoss(random_weights=True).to(dev)}
+    tap_sets = [t for t in args.taps.split(",") if t]
+    if args.smoke:
+        tap_sets = tap_sets[:1]
+    losses = {"EncodingLoss": EncodingLoss(layer_weights={t: 1.0 for t in tap_sets[0].split("+")}, **kw).to(dev),
+              "VGGContentLoss": VGGContentLoss(random_weights=True).to(dev)}
+    for taps in tap_sets[1:]:
+        losses[_tap_label(taps)] = EncodingLoss(layer_weights={t: 1.0 for t in taps.split("+")}, **kw).to(dev)
     if not (args.no_unfused or args.smoke):
         losses["EncodingLoss(fuse=False)"] = EncodingLoss(fuse=False, **kw).to(dev)
     from aeutils import baselines
@@ -109,14 +131,26 @@ def main(argv: list[str] | None = None) -> int:
           f"VGGContentLoss {macs['VGGContentLoss'] / 1e9:.2f} (ratio {macs['EncodingLoss'] / macs['VGGContentLoss']:.2f})")
     ratio = med["EncodingLoss"] / med["VGGContentLoss"]
     print(f"ratio EncodingLoss / VGGContentLoss = {ratio:.2f} (target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})")
+    ratios: dict[str, float] = {"EncodingLoss / VGGContentLoss": ratio}
+    gmacs = {k: v / 1e9 for k, v in macs.items()}
+    enc_rows = ["EncodingLoss"] + [_tap_label(t) for t in tap_sets[1:]]
     for name in ("EfficientNet-Lite0", "VGG16 (HED)"):
         if name in med:
-            r = med["EncodingLoss"] / med[name]
-            print(f"ratio EncodingLoss / {name} = {r:.2f} (the SR goal asks <= 0.10: {'met' if r <= 0.10 else 'NOT met'}); "
-                  f"conv GMACs {name} {conv_macs(losses[name], one) / 1e9:.2f}")
+            gmacs[name] = conv_macs(losses[name], one) / 1e9
+            for row in enc_rows:
+                r = med[row] / med[name]
+                ratios[f"{row} / {name}"] = r
+                print(f"ratio {row} / {name} = {r:.2f} (the SR goal asks <= 0.10: {'met' if r <= 0.10 else 'NOT met'}); "
+                      f"conv GMACs {name} {gmacs[name]:.2f}")
+    for row in enc_rows[1:]:
+        gmacs[row] = conv_macs(losses[row], one) / 1e9
+        print(f"{row}: conv GMACs per image {gmacs[row]:.2f}")
     if "EncodingLoss(fuse=False)" in med:
         print(f"BN folding speed-up: {med['EncodingLoss(fuse=False)'] / med['EncodingLoss']:.2f}x")
-    return 0
+    from aeutils.srbench import cpu_name
+
+    print(f"CPU: {cpu_name()}")
+    return {"median_s": med, "ratios": ratios, "gmacs": gmacs, "device": str(dev), "cpu": cpu_name()}
 
 
 if __name__ == "__main__":
