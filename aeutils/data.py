@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from aeutils.errors import PatchError
-from aeutils.patches import read_manifest  # torch-free: the one manifest reader
+from aeutils.manifest import read_manifest  # torch-free: the one manifest reader
 from aeutils.sample import SAMPLE_DIMENSIONS, SAMPLE_NAME, sample_slide
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,7 +104,7 @@ class PatchRecord:
 
 def find_patches(source: str | os.PathLike[str]) -> list[PatchRecord]:
     """All patch images under ``source``: an extraction output (``manifest.csv``, read with
-    :func:`aeutils.patches.read_manifest`; paths relative to it) or a folder of images (flat or one
+    :func:`aeutils.manifest.read_manifest`; paths relative to it) or a folder of images (flat or one
     sub-folder per class, searched recursively, sorted). Raises PatchError if there are none or the
     manifest is malformed."""
     root = Path(source)
