@@ -148,7 +148,10 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str] | None = None) -> dict:
+    """Run the bench (command-line arguments ``argv``), print its tables, and return the numbers:
+    ``{"checkpoint": path, "split": "test"|"val", "slides": {slide: {method: {"size", "psnr", "ssim"}}},
+    "beats": {slide: bool}, "beats_all": bool}`` (PSNR in dB and SSIM as means over the patches)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="an aeutils checkpoint (default: the shipped model)")
     parser.add_argument("--n", type=int, default=24, help="held-out patches per slide (default 24)")
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.checkpoint or pretrained_path()
     model = load_model(path).eval()
     print(f"checkpoint: {path}")
-    verdicts = []
+    result: dict = {"checkpoint": str(path), "split": args.split, "slides": {}, "beats": {}}
     for slide, info in enumerate(SAMPLES):
         t0 = time.perf_counter()
         images = sample_patches(n, PATCH, split=args.split, seed=args.seed, slide=slide)
@@ -175,13 +178,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{info.name}: {len(images)} held-out patches x 3x{PATCH}x{PATCH} ({args.split} region), "
               f"{time.perf_counter() - t0:.1f} s\n")
         print(markdown(rows))
+        result["slides"][info.name] = {
+            r.method: {"size": r.size, "psnr": float(r.psnr.mean()), "ssim": float(r.ssim.mean())} for r in rows
+        }
         ae, bic = rows[0], next(r for r in rows if r.method == "bicubic from 3x46x46")
         beats = bool(ae.psnr.mean() > bic.psnr.mean() and ae.ssim.mean() > bic.ssim.mean())
-        verdicts.append(beats)
+        result["beats"][info.name] = beats
         print(f"\nautoencoder (1x46x46) beats bicubic from 3x46x46 in PSNR and SSIM on {info.name}: "
               f"{'yes' if beats else 'no'} (PSNR {ae.psnr.mean() - bic.psnr.mean():+.2f} dB, "
               f"SSIM {ae.ssim.mean() - bic.ssim.mean():+.4f})")
-    print(f"\nbeats bicubic from 3x46x46 on every bundled slide: {'yes' if all(verdicts) else 'no'}")
+    result["beats_all"] = all(result["beats"].values())
+    print(f"\nbeats bicubic from 3x46x46 on every bundled slide: {'yes' if result['beats_all'] else 'no'}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(argv)
     return 0
 
 
