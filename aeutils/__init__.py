@@ -22,7 +22,8 @@ Modules (each one idea):
     slide_explorer  the slide-level ipywidgets explorer linked to an encoding map
     loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
     sensitivity evidence: a loss's response to lost detail vs to nuisances
-    sr          a small x4 super-resolution demo trained with or without EncodingLoss
+    sr          a small x4 super-resolution network, its training loop and bicubic down/up scaling
+    srbench     the SR content-loss comparison (arms, one validation weight rule, judges; ``bench/sr_losses.py``)
     resample    bicubic down/up scaling shared by sr and sensitivity
     device      one helper that picks cuda > mps > cpu
     speed       the fastest way to run a model here (fp32 / channels_last / bf16 autocast), chosen by measurement
