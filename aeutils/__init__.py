@@ -22,7 +22,7 @@ Modules (each one idea):
     slide_explorer  the slide-level ipywidgets explorer linked to an encoding map
     loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
     sensitivity evidence: a loss's response to lost detail vs to nuisances
-    sr          a small x4 super-resolution network, its training loop and bicubic down/up scaling
+    sr          a small x4 super-resolution network and its training loop
     srbench     the SR content-loss comparison (arms, one validation weight rule, judges; ``bench/sr_losses.py``)
     resample    bicubic down/up scaling shared by sr and sensitivity
     device      one helper that picks cuda > mps > cpu
