@@ -435,6 +435,11 @@ def crops_figure(images: dict[str, list[torch.Tensor]], path: Path | None = None
                 ax.set_title(m, fontsize=8)
     fig.suptitle(f"x4 SR, {s} px centre crops (0.499 um/px): closer to hr is better", fontsize=8)
     fig.tight_layout()
+    return _saved(fig, path)
+
+
+def _saved(fig: Any, path: Path | None) -> Any:
+    """``fig``, written to ``path`` as a PNG (atomically) if a path is given."""
     if path is not None:
         from aeutils.io import atomic_path
 
@@ -466,13 +471,7 @@ def tradeoff_figure(val: Any, path: Path | None = None) -> Any:
     ax.set_title("each content arm over its weight grid (multiples of the matched weight)", fontsize=9)
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
-    if path is not None:
-        from aeutils.io import atomic_path
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    return fig
+    return _saved(fig, path)
 
 
 def _sr_model(state: dict[str, torch.Tensor], channels: int, n_blocks: int) -> torch.nn.Module:
