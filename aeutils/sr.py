@@ -148,7 +148,7 @@ def train_sr(
     if patches.ndim != 4 or patches.shape[-1] % SCALE or patches.shape[-2] % SCALE:
         raise ValueError(f"HR patches must be Nx3xSxS with S a multiple of {SCALE}, got {tuple(patches.shape)}")
     enc = None
-    if loss == "mse+content":
+    if loss == CONTENT:
         if content_loss is None:
             raise ValueError('loss="mse+content" needs content_loss=')
         enc = content_loss.to(dev)
@@ -174,7 +174,7 @@ def train_sr(
         total = mse
         enc_value = torch.zeros(())
         if enc is not None:
-            enc_value = enc(pred, hr) if loss == "mse+content" else enc(encoder_crop(pred), encoder_crop(hr))
+            enc_value = enc(pred, hr) if loss == CONTENT else enc(encoder_crop(pred), encoder_crop(hr))
             total = mse + encoding_weight * enc_value
         if not torch.isfinite(total):
             raise TrainingError(f"SR training ({loss}): non-finite loss at step {step}")

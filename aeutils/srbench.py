@@ -32,7 +32,6 @@ downsamples (~2 um/px).
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 import types
@@ -103,19 +102,13 @@ class SRBenchResult:
 
 
 def cpu_name() -> str:
-    """lscpu's 'Model name', torch's thread count and whether the CPU has AVX512_BF16 / AMX."""
-    name, flags = platform.processor() or "unknown CPU", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("unknown CPU", "x86_64", ""):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    return (f"{name}, {torch.get_num_threads()} thread(s), AVX512_BF16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
-            f"AMX {'yes' if 'amx' in flags else 'no'}")
+    """The CPU model name, torch's thread count and whether the CPU has AVX512_BF16 / AMX (from
+    :func:`aeutils.speed.cpu_description`)."""
+    from aeutils.speed import cpu_description
+
+    d = cpu_description()
+    yes = lambda flag: "yes" if d[flag] else "no"  # noqa: E731
+    return f"{d['model']}, {d['threads']} thread(s), AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}"
 
 
 # ----------------------------------------------------------------------------------------------- judges
@@ -382,7 +375,7 @@ def choose_threads(patches: torch.Tensor, loss: torch.nn.Module | None, *, batch
     ``loss`` as the content term) at 1 thread and at torch's default, interleaved ``rounds`` times;
     returns the faster count and {threads: best seconds per step}. On a shared 2-core machine one
     thread per process is often several times faster than two contending ones."""
-    from aeutils.sr import train_sr
+    from aeutils.sr import CONTENT, train_sr
 
     default = torch.get_num_threads()
     counts = sorted({1, default})
@@ -392,7 +385,7 @@ def choose_threads(patches: torch.Tensor, loss: torch.nn.Module | None, *, batch
             for n in counts:
                 torch.set_num_threads(n)
                 t0 = time.perf_counter()
-                train_sr(loss="mse" if loss is None else "mse+content", content_loss=loss, encoding_weight=1.0,
+                train_sr(loss="mse" if loss is None else CONTENT, content_loss=loss, encoding_weight=1.0,
                          steps=steps, patches=patches, batch_size=batch_size, device="cpu", channels=channels,
                          n_blocks=n_blocks, log_every=steps)
                 best[n] = min(best.get(n, float("inf")), (time.perf_counter() - t0) / steps)
@@ -409,7 +402,6 @@ def _save_png(x: torch.Tensor, path: Path) -> None:
 
     from aeutils.io import atomic_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
@@ -443,8 +435,7 @@ def _saved(fig: Any, path: Path | None) -> Any:
     if path is not None:
         from aeutils.io import atomic_path
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:  # makes the parent folder
             fig.savefig(tmp, dpi=110, format="png")
     return fig
 
@@ -482,11 +473,13 @@ def _sr_model(state: dict[str, torch.Tensor], channels: int, n_blocks: int) -> t
     return model.eval()
 
 
-def _search_arm(spec: dict[str, Any], judges: "Judges | None" = None) -> dict[str, Any]:
+def _search_arm(spec: dict[str, Any], judges: "Judges | None" = None,
+                prebuilt: "dict[str, torch.nn.Module] | None" = None) -> dict[str, Any]:
     """One arm's whole search (every setting, :func:`weight_search`) and its choice (:func:`choose`),
-    in this process or a worker (``spec``: plain data and tensors). ``arm="mse"``: the one pixel-loss
+    in this process or a worker (``spec``: plain data and tensors; ``prebuilt``: the arm's losses by
+    setting when this process already built them, else built here). ``arm="mse"``: the one pixel-loss
     run. Returns {"rows", "setting", "weight", "state" (the chosen SRNet's state dict), "seconds"}."""
-    from aeutils.sr import downscale, super_resolve, train_sr
+    from aeutils.sr import CONTENT, downscale, super_resolve, train_sr
 
     torch.set_num_threads(spec["threads"])
     say = (lambda s: None) if spec["quiet"] else (lambda s: print(s, flush=True))
@@ -496,13 +489,15 @@ def _search_arm(spec: dict[str, Any], judges: "Judges | None" = None) -> dict[st
 
     def fit(loss: torch.nn.Module | None, weight: float) -> tuple[torch.nn.Module, float]:
         t1 = time.perf_counter()
-        r = train_sr(loss="mse" if loss is None else "mse+content", content_loss=loss, encoding_weight=weight,
+        r = train_sr(loss="mse" if loss is None else CONTENT, content_loss=loss, encoding_weight=weight,
                      steps=spec["steps"], seed=spec["seed"], patches=train, batch_size=spec["batch_size"], device="cpu",
                      channels=spec["channels"], n_blocks=spec["n_blocks"], log_every=max(1, spec["steps"]))
         return r.model, time.perf_counter() - t1
 
+    lr_val = downscale(val)  # the same LR inputs for every run
+
     def val_scores(model: torch.nn.Module) -> dict[str, float]:
-        j = judges(super_resolve(model, downscale(val)), val)
+        j = judges(super_resolve(model, lr_val), val)
         return {k: float(v.mean()) for k, v in j.items()}
 
     if arm == "mse":
@@ -511,11 +506,12 @@ def _search_arm(spec: dict[str, Any], judges: "Judges | None" = None) -> dict[st
         say(f"mse: val PSNR {sc['psnr']:.2f} dB, ST-LPIPS {sc['stlpips']:.4f} ({secs:.0f} s)")
         return {"rows": [{"arm": "mse", "setting": "", "multiple": 0.0, "weight": 0.0, **sc}], "setting": "",
                 "weight": 0.0, "state": model.state_dict(), "seconds": {"mse": secs}}
-    losses, _ = build_content_losses([arm], vgg19_weights=spec["vgg19_weights"], checkpoint=spec["checkpoint"],
-                                     taps=spec["taps"], normalizes=spec["normalizes"], say=say)
+    if prebuilt is None:
+        prebuilt = build_content_losses([arm], vgg19_weights=spec["vgg19_weights"], checkpoint=spec["checkpoint"],
+                                        taps=spec["taps"], normalizes=spec["normalizes"], say=say)[0][arm]
     tried: dict[tuple[str, float], torch.nn.Module] = {}
     rows: list[dict[str, Any]] = []
-    for label, loss in losses[arm].items():
+    for label, loss in prebuilt.items():
         w0 = matched_weight(loss, train[: min(16, len(train))])
 
         def fit_eval(mult: float, label: str = label, loss: torch.nn.Module = loss, w0: float = w0) -> dict[str, Any]:
@@ -632,7 +628,7 @@ def run(
                 done = dict(zip([sp["arm"] for sp in order], pool.map(_search_arm, order)))
             outs = [done[sp["arm"]] for sp in specs]
         else:
-            outs = [_search_arm(sp, judges) for sp in specs]
+            outs = [_search_arm(sp, judges, losses[sp["arm"]]) for sp in specs]
         for sp, o in zip(specs, outs):
             arm = sp["arm"]
             weights[arm], settings[arm] = o["weight"], o["setting"]
@@ -640,9 +636,10 @@ def run(
             val_rows += o["rows"]
             train_seconds.update(o["seconds"])
         images: dict[str, list[torch.Tensor]] = {"hr": test_list}
-        images["bicubic"] = [upscale_bicubic(downscale(x[None]))[0] for x in test_list]
+        lr_test = [downscale(x[None]) for x in test_list]
+        images["bicubic"] = [upscale_bicubic(lr)[0] for lr in lr_test]
         for arm, m in models.items():
-            images[arm] = [super_resolve(m, downscale(x[None]))[0] for x in test_list]
+            images[arm] = [super_resolve(m, lr)[0] for lr in lr_test]
         per_image: dict[str, dict[str, np.ndarray]] = {}
         same = len({tuple(x.shape) for x in test_list}) == 1
         for method in ["bicubic", *models]:
