@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from aeutils.errors import CheckpointError
+from aeutils.errors import CheckpointError, one_line
 from aeutils.io import atomic_path
 from aeutils.model import Autoencoder, AutoencoderConfig
 
@@ -229,8 +229,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:120]}"
+    return f"{type(exc).__name__}: {one_line(exc, 120)}"
 
 
 def _config_diff(a: AutoencoderConfig, b: AutoencoderConfig) -> str:
