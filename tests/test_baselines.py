@@ -56,7 +56,7 @@ def test_efficientnet_lite0_loss():
 def test_random_encoding_loss_differs_from_trained():
     trained = EncodingLoss()
     rand = random_encoding_loss(trained)
-    assert rand.layer_weights == trained.layer_weights and rand.normalize == trained.normalize
+    assert rand.tap_weights == trained.tap_weights and rand.normalize == trained.normalize
     w_t = next(trained.encoder.parameters())
     w_r = next(rand.encoder.parameters())
     assert w_t.shape == w_r.shape and not torch.equal(w_t, w_r)
