@@ -134,3 +134,20 @@ def test_subpackages_export_user_facing_names_only() -> None:
         assert all(hasattr(mod, n) for n in exported), name
         assert not exported & plumbing, (name, exported & plumbing)
         assert not [n for n in exported if n.startswith("_")], name
+
+
+def test_slow_marks_name_existing_tests() -> None:
+    """The fast lane's list of slow tests (tests/conftest.py) names files and test functions that exist,
+    so a rename cannot silently move a slow test into ``make test-fast``."""
+    import ast
+
+    from conftest import SLOW_FILES, SLOW_TESTS
+
+    tests = ROOT / "tests"
+    assert all((tests / f).is_file() for f in SLOW_FILES), SLOW_FILES
+    for entry in SLOW_TESTS:
+        file, name = entry.split("::")
+        tree = ast.parse((tests / file).read_text(encoding="utf-8"))
+        assert name in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, entry
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert 'test-fast:' in makefile and '-m "not slow"' in makefile
