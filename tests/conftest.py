@@ -58,6 +58,7 @@ SLOW_TESTS = frozenset({
     "test_viz.py::test_figures_cli_writes_six_pngs",
     "test_baselines.py::test_vgg16_hed_weights_and_caffe_convention",
     "test_sr.py::test_few_steps_reduce_loss",
+    "test_checkpoint.py::test_a_flipped_byte_in_any_stored_tensor_is_caught",
 })
 
 
