@@ -12,6 +12,11 @@ Other sides raise ``ValueError`` naming the nearest valid ones. The rule is a *d
 Integer input (uint8 0-255) raises ``TypeError`` naming the conversion ``x.float() / 255``: one check,
 :func:`_check_batch`, for the model, :class:`aeutils.losses.EncodingLoss` and :func:`aeutils.encoding.encode_batch`.
 
+Words: a *stage* is a block of the model (a stage-changing conv and its residual blocks); a *tap* is a
+point where the encoder's activations are read, named after the stage it ends (:data:`TAPS`: stage1,
+stage2, stage3, latent). :class:`Encoder` is the encoder half alone (what
+:class:`aeutils.losses.EncodingLoss` holds: no decoder).
+
 Looking inside a model (shapes, FLOPs, receptive field) is :mod:`aeutils.introspect`.
 """
 from __future__ import annotations
