@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from aeutils.errors import AeutilsError, AnnotationError, PatchError, SlideError
-from aeutils.io import LOCK_NAME, folder_lock, remove_temp_files
+from aeutils.io import LOCK_NAME, folder_lock, missing_reason, remove_temp_files
 from aeutils.manifest import MANIFEST_NAME, SHARD_LOCK_GLOB, shard_lock_name, shard_manifest_name
 from aeutils.patches.grid import (
     LABEL_DIRS, SlidePlan, check_grid_options, check_positive, keep_label, norm_level, parse_shard, plan_slide,
@@ -51,7 +51,8 @@ def _check_mask(mask: Any, n_slides: int) -> None:
         return
     if isinstance(mask, (str, os.PathLike)):
         if not Path(mask).exists():
-            raise PatchError(f"{mask}: no such mask file or folder")
+            why = missing_reason(mask)
+            raise PatchError(f"{mask}: " + ("no such mask file or folder" if why == "no such file" else str(why)))
         if Path(mask).is_dir():
             return
     elif not isinstance(mask, np.ndarray):

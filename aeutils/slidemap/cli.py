@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aeutils.errors import AeutilsError, CheckpointError, SlideError
-from aeutils.io import folder_lock
+from aeutils.io import folder_lock, missing_reason
 from aeutils.slidemap.encode import SlideMap, check_encode_options, check_out_folder, encode_slide, model_for
 from aeutils.slidemap.figure import write_map_figure
 from aeutils.slidemap.geometry import STRIDE
@@ -62,7 +62,8 @@ def summary_line(res: SlideMap) -> str:
 def run_cli(args: argparse.Namespace) -> int:
     """Encode each slide; a failing slide prints one ``error: ...`` line and the others go on (exit 2)."""
     if args.checkpoint is not None and not Path(args.checkpoint).exists():
-        raise CheckpointError(f"{args.checkpoint}: no such checkpoint file")
+        why = missing_reason(args.checkpoint)
+        raise CheckpointError(f"{args.checkpoint}: " + ("no such checkpoint file" if why == "no such file" else str(why)))
     from aeutils.scale import check_assume_mpp, scale_kwargs
 
     check_assume_mpp(args.assume_mpp)
