@@ -162,8 +162,9 @@ def path_inside(folder: str | os.PathLike[str], rel: str) -> Path | None:
 # ---------------------------------------------------------------------------------------------------
 # temp files of killed writes
 
-#: Names of this module's temp files: ``.<target name>.<8 mkstemp chars or 12 hex digits>.tmp``.
-TEMP_RE = re.compile(r"^\.(.+)\.([a-z0-9_]{8}|[0-9a-f]{12})\.tmp$")
+#: Names of this module's temp files: ``.<target name>.<random part>.tmp`` (8 mkstemp characters, or 12
+#: hex digits; 6 to 16 word characters are taken as ours). Group 1: the target's name.
+TEMP_RE = re.compile(r"^\.(.+)\.([A-Za-z0-9_]{6,16})\.tmp$")
 
 
 def remove_temp_files(folder: str | os.PathLike[str], subfolders: Iterable[str] = ()) -> int:

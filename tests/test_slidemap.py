@@ -164,14 +164,16 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path: Path, syn: Path) -> 
     assert again.encoded == ref.tiles - 3 and again.tiles == ref.tiles
     assert (out / "syn.encoding.tiff").read_bytes() == ref.encoding.read_bytes()
     assert encode_slide(syn, out, model=model, core=256, precision="fp32", progress=False).up_to_date
-    # other settings restart cleanly (here: another view)
-    other = encode_slide(syn, out, model=model, core=256, view="equalize", precision="fp32", progress=False)
+    # other settings restart cleanly (here: another view; a finished map is replaced only with overwrite)
+    other = encode_slide(syn, out, model=model, core=256, view="equalize", precision="fp32", progress=False,
+                         overwrite=True)
     assert other.encoded == ref.tiles and read_settings(other.encoding)["view"] == "equalize"
     # a work folder of other settings is replaced, not mixed in
     with pytest.raises(KeyboardInterrupt):
-        encode_slide(syn, out, model=model, core=512, precision="fp32", progress=False,
+        encode_slide(syn, out, model=model, core=512, precision="fp32", progress=False, overwrite=True,
                      on_tile=lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    fresh = encode_slide(syn, out, model=small_model(seed=1), core=512, precision="fp32", progress=False)
+    fresh = encode_slide(syn, out, model=small_model(seed=1), core=512, precision="fp32", progress=False,
+                         overwrite=True)
     assert fresh.encoded == fresh.tiles
 
 

@@ -64,7 +64,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not Path(args.checkpoint).exists():
         why = missing_reason(args.checkpoint)
         raise CheckpointError(f"{args.checkpoint}: " + ("no such checkpoint file" if why == "no such file" else str(why)))
-    from aeutils.scale import check_assume_mpp, scale_kwargs
+    from aeutils.scale import check_assume_mpp
 
     check_assume_mpp(args.assume_mpp)
     check_encode_options(args.view, args.percentiles[0], args.percentiles[1], args.tile, args.batch_size)
@@ -77,6 +77,9 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def _encode_all(args: argparse.Namespace, model: Any) -> int:
+    """Each slide of ``args`` to its map with ``model``; one line per slide. The exit code."""
+    from aeutils.scale import scale_kwargs
+
     failed = 0
     seen: dict[str, str] = {}
     for i, path in enumerate(args.slides):
