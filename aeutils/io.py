@@ -244,9 +244,10 @@ def _kernel_unlock(fd: int) -> None:
         pass
 
 
-def _holder(fd: int) -> dict[str, Any]:
-    """The lock file's holder line (pid, host, what, since); {} if empty or unreadable."""
-    for attempt in range(20):  # the holder writes its line just after locking
+def _holder(fd: int, wait: bool = True) -> dict[str, Any]:
+    """The lock file's holder line (pid, host, what, since); {} if empty or unreadable. ``wait``: give a
+    holder that has just locked the file up to 0.2 s to write its line."""
+    for _ in range(20 if wait else 1):
         try:
             os.lseek(fd, 0, os.SEEK_SET)
             data = json.loads(os.read(fd, 4096).decode("utf-8", "replace"))
@@ -254,7 +255,8 @@ def _holder(fd: int) -> dict[str, Any]:
                 return data
         except (OSError, ValueError):
             pass
-        time.sleep(0.01)
+        if wait:
+            time.sleep(0.01)
     return {}
 
 
@@ -276,10 +278,11 @@ def _busy(folder: Path, lock: Path, who: dict[str, Any]) -> FolderBusyError:
         return FolderBusyError(f"{folder}: in use by another process (its lock {lock.name} names no pid yet); "
                                f"wait for it to finish, or use another folder")
     host = who.get("host") or "?"
-    where = "" if host == socket.gethostname() else f" on {host}"
+    here = host == socket.gethostname()
     what = f"{who['what']}, " if who.get("what") else ""
-    return FolderBusyError(f"{folder}: in use by another process (pid {who['pid']}{where}: {what}since "
-                           f"{who.get('since', '?')}); wait for it to finish, or use another folder")
+    gone = "" if here else f" (if that process is gone, remove {lock})"
+    return FolderBusyError(f"{folder}: in use by another process (pid {who['pid']}{'' if here else ' on ' + host}: "
+                           f"{what}since {who.get('since', '?')}); wait for it to finish, or use another folder{gone}")
 
 
 def _probe(folder: Path, lock: Path) -> None:
@@ -334,7 +337,7 @@ def _acquire(folder: Path, lock: Path, what: str) -> tuple[int, dict[str, Any] |
                     _kernel_unlock(fd)
                 os.close(fd)
                 continue
-            old = _holder(fd) if got else who
+            old = _holder(fd, wait=False) if got else who
             os.lseek(fd, 0, os.SEEK_SET)
             os.ftruncate(fd, 0)
             line = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,

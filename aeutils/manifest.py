@@ -21,6 +21,10 @@ bytes               size of the PNG file (resume checks kept files against it)
 tissue_source       ``auto`` (tissue detected on a thumbnail), or your mask: its file, or ``array``
 ==================  =========================================================================================
 
+Text: UTF-8; a slide file name that is not UTF-8 (bytes on Linux) is kept byte for byte
+(``surrogateescape``, :data:`ENCODING`), so each row names its very file. A row cut mid-way (a damaged
+file) is dropped with one warning line, as if it were missing.
+
 Sharded runs (``extract --shard K/N``) each write ``manifest.shard-K-of-N.csv`` beside the PNGs;
 :func:`merge_manifests` (``python -m aeutils manifest merge OUT``) combines them into ``manifest.csv``.
 
