@@ -30,6 +30,10 @@ class TrainingError(AeutilsError):
     """Training cannot go on (non-finite loss, no data, ...); the last good checkpoint is kept."""
 
 
+class FolderBusyError(AeutilsError):
+    """An output folder another process is writing to (its lock file names that process's pid)."""
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """``exc``'s message on one line (every run of whitespace, newlines included, becomes one space),
     cut to ``limit`` characters if given; the exception's type name when it has no message. The one

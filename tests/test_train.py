@@ -570,3 +570,32 @@ def test_a_finished_run_returns_at_once_and_touches_nothing(
     # more epochs is another recipe: it does train (and reads the patches)
     with pytest.raises(AssertionError, match="must not read the patches"):
         train(patch_dir, run, epochs=3, resume=True, **FAST)
+
+
+# --------------------------------------------------------------------------------------------- issue 20
+def test_20_3_a_second_train_into_a_busy_run_folder_is_refused(patch_dir: Path, tmp_path: Path) -> None:
+    """One writer per run folder: the second process gets one line naming the folder and the first one's pid."""
+    from aeutils.errors import FolderBusyError
+    from test_io import hold_lock, release
+
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(FolderBusyError) as info:
+            train(patch_dir, run, epochs=1, **FAST)
+    finally:
+        release(holder)
+    assert str(info.value).startswith(f"{run}: in use by another process (pid {holder.pid}")
+    assert not run.exists()  # nothing written, the folder the lock made removed again
+
+
+def test_20_14_temp_files_of_killed_checkpoint_writes_are_removed_by_the_rerun(patch_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(patch_dir, run, epochs=1, **FAST)
+    left = [run / ".last.pt.k2j4h6g8.tmp", run / ".best.pt.a1b2c3d4.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    (run / "mine.tmp").write_text("not ours")
+    assert train(patch_dir, run, epochs=2, resume=True, **FAST).epochs_done == 2
+    assert not any(p.exists() for p in left) and (run / "mine.tmp").exists()
+    assert not (run / ".aeutils.lock").exists()

@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from aeutils.errors import AeutilsError, CheckpointError, SlideError
-from aeutils.slidemap.encode import SlideMap, encode_slide, model_for
+from aeutils.io import folder_lock, missing_reason
+from aeutils.slidemap.encode import SlideMap, check_encode_options, check_out_folder, encode_slide, model_for
 from aeutils.slidemap.figure import write_map_figure
 from aeutils.slidemap.geometry import STRIDE
 from aeutils.slidemap.stats import VIEWS
@@ -38,6 +40,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure", type=Path, default=None, metavar="PNG",
                         help="also save the (first) slide's thumbnail beside its map as a PNG")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder of raw float tiles")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a slide's finished map made here with other settings (default: refuse)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -58,11 +62,24 @@ def summary_line(res: SlideMap) -> str:
 def run_cli(args: argparse.Namespace) -> int:
     """Encode each slide; a failing slide prints one ``error: ...`` line and the others go on (exit 2)."""
     if args.checkpoint is not None and not Path(args.checkpoint).exists():
-        raise CheckpointError(f"{args.checkpoint}: no such checkpoint file")
-    from aeutils.scale import check_assume_mpp, scale_kwargs
+        why = missing_reason(args.checkpoint)
+        raise CheckpointError(f"{args.checkpoint}: " + ("no such checkpoint file" if why == "no such file" else str(why)))
+    from aeutils.scale import check_assume_mpp
 
     check_assume_mpp(args.assume_mpp)
+    check_encode_options(args.view, args.percentiles[0], args.percentiles[1], args.tile, args.batch_size)
+    check_out_folder(args.out)
+    if args.figure is not None and args.figure.is_dir():
+        raise AeutilsError(f"{args.figure}: --figure is a folder; give the PNG file to write")
     model = model_for(args.checkpoint, args.device)  # once, and a bad checkpoint fails before any slide
+    with folder_lock(args.out, "encode"):  # one writer for the whole run: a second one is refused at once
+        return _encode_all(args, model)
+
+
+def _encode_all(args: argparse.Namespace, model: Any) -> int:
+    """Each slide of ``args`` to its map with ``model``; one line per slide. The exit code."""
+    from aeutils.scale import scale_kwargs
+
     failed = 0
     seen: dict[str, str] = {}
     for i, path in enumerate(args.slides):
@@ -75,7 +92,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 path, args.out, model=model, **scale_kwargs(args), view=args.view, low=args.percentiles[0],
                 high=args.percentiles[1], reconstruction=args.reconstruction, core=args.tile,
                 batch_size=args.batch_size, precision=None if args.precision == "auto" else args.precision,
-                progress=not args.quiet, keep_work=args.keep_work,
+                progress=not args.quiet, keep_work=args.keep_work, overwrite=args.overwrite,
             )
         except AeutilsError as err:
             failed += 1

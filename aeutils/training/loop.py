@@ -27,7 +27,7 @@ from aeutils.training.logs import (
     LOG_NAME, epoch_bar, epoch_line, epoch_printed, log_epoch, log_step, open_writer, read_log, write_log,
 )
 from aeutils.training.rng import seed_everything
-from aeutils.training.runs import CONFIG_NAME, read_run_config, resume_decision, write_run_config
+from aeutils.training.runs import CONFIG_NAME, read_run_config, resume_decision, run_folder_lock, write_run_config
 from aeutils.training.step import ReconstructionLoss, choose_speed
 from aeutils.training.trainer import Trainer
 
@@ -104,7 +104,8 @@ def train(
     device = rank_device(cfg.device)
     rank, world, own_group = setup_process_group(device)
     try:
-        return _train(cfg, patches_dir, out, device, started, rank, world, tuple(callbacks))
+        with run_folder_lock(out, rank):  # one writer per run folder
+            return _train(cfg, patches_dir, out, device, started, rank, world, tuple(callbacks))
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()

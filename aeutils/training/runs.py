@@ -5,15 +5,30 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from aeutils.errors import TrainingError
-from aeutils.io import atomic_write_text
+from aeutils.io import atomic_write_text, folder_lock, remove_temp_files
 from aeutils.training.config import TrainConfig, config_differences
 
-__all__ = ["CONFIG_NAME", "write_run_config", "read_run_config", "resume_decision", "find_runs"]
+__all__ = ["CONFIG_NAME", "run_folder_lock", "write_run_config", "read_run_config", "resume_decision", "find_runs"]
 
 CONFIG_NAME = "config.json"
+
+
+@contextmanager
+def run_folder_lock(out: Path, rank: int = 0) -> Iterator[None]:
+    """Rank 0 (the one that writes) holds the run folder's lock (:func:`aeutils.io.folder_lock`; another
+    process training into it gets :class:`~aeutils.errors.FolderBusyError` naming its pid) and removes the
+    temp files killed writes left there (``.last.pt.*.tmp``). Other ranks hold nothing."""
+    if rank != 0:
+        yield
+        return
+    with folder_lock(out, "train"):
+        remove_temp_files(out)
+        yield
 
 
 def write_run_config(out: Path, patches_dir: Path, config: TrainConfig) -> Path:
