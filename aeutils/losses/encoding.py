@@ -63,7 +63,7 @@ class EncodingLoss(_Frozen):
 
     Args:
         model: an :class:`~aeutils.model.Autoencoder`; default: the shipped model
-            (:func:`aeutils.checkpoint.load_pretrained`), unless ``checkpoint`` is given.
+            (:func:`aeutils.checkpoint.load_model` ``()``), unless ``checkpoint`` is given.
         checkpoint: path of an mscopy-AE checkpoint to use instead.
         tap_weights: tap name -> weight; missing taps weigh 0. Default :data:`DEFAULT_TAP_WEIGHTS`
             (stage1 only). ``layer_weights``: its deprecated old name (``DeprecationWarning``).
