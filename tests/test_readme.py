@@ -52,3 +52,21 @@ def test_python_block_runs_as_pasted(where: str, code: str, tmp_path: Path) -> N
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert proc.returncode == 0, f"{where} failed as pasted:\n{code}\n--- stderr ---\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("page", [*PAGES, ROOT / "notebooks" / "README.md"], ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_resolve_and_no_tracker_numbers(page: Path) -> None:
+    """Relative links point at files that exist (anchors at headings that exist); user documentation
+    speaks of features, not of tracker issue numbers."""
+    text = page.read_text()
+    assert not re.search(r"\bissues? \d", text, re.IGNORECASE), f"{page.name} names an issue number"
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name}: link to missing {target}"
+        if anchor and dest.suffix == ".md":
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                     for h in re.findall(r"^#+ (.+)$", dest.read_text(), re.MULTILINE)}
+            assert anchor in slugs, f"{page.name}: link to a missing heading {target}"
