@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from aeutils.training.config import TrainConfig, parse_config, parse_duration
 from aeutils.training.loop import train
+from aeutils.training.runs import BEST_NAME, LAST_NAME
 
 __all__ = ["add_cli_arguments", "config_from_args", "run_cli"]
 
@@ -36,7 +37,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the epilog's lines
     parser.add_argument("patches_dir", metavar="PATCHES_DIR", help="extraction output (manifest.csv) or folder of images")
-    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: last.pt, best.pt, log.csv, tensorboard/")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help=f"run folder: {LAST_NAME}, {BEST_NAME}, log.csv, tensorboard/")
     parser.add_argument("--epochs", type=int, default=d["epochs"], help=f"total epochs (default {d['epochs']})")
     parser.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"per process (default {d['batch_size']})")
     parser.add_argument("--crop", type=int, default=d["crop"], help=f"training crop side, 4k+1 px (default {d['crop']})")
@@ -55,7 +56,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume", action="store_true",
-        help="continue RUN_DIR/last.pt, also with changed settings (e.g. more --epochs); without it the same "
+        help=f"continue RUN_DIR/{LAST_NAME}, also with changed settings (e.g. more --epochs); without it the same "
              "command continues a run whose config.json matches and refuses a different one (or one without "
              "config.json)",
     )
