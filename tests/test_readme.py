@@ -40,6 +40,7 @@ def test_there_are_blocks_to_run() -> None:
     assert "README.md" in pages and any(p.startswith("docs/") for p in pages), pages
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where, code", BLOCKS, ids=[w for w, _ in BLOCKS])
 def test_python_block_runs_as_pasted(where: str, code: str, tmp_path: Path) -> None:
     skip = SKIP.match(code)
