@@ -22,7 +22,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder: <slide>.encoding.tiff per slide")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="model checkpoint (default: the shipped model, or $MSCOPY_PRETRAINED)")
-    add_scale_arguments(parser)
+    add_scale_arguments(parser, recorded="the maps' resolution tags then follow it")
     parser.add_argument("--view", choices=VIEWS, default="stretch",
                         help="grey levels written: raw (min-max), stretch (percentiles), equalize (default stretch); "
                              "statistics over the whole slide's tissue")
@@ -35,7 +35,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="tiles per forward pass (default: 1 on the CPU, as many as fit 1 GiB on a GPU)")
     parser.add_argument("--precision", choices=("auto", "fp32", "channels_last", "bf16", "channels_last+bf16"),
-                        default="auto", help="auto: measured once per run (aeutils.speed); fp32: exact")
+                        default="auto",
+                        help="the encoder's arithmetic: fp32 (float32, exact and reproducible: use it for figures "
+                             "and comparisons), channels_last (the same float32 maths in another memory layout), "
+                             "bf16 (bfloat16 autocast: faster on CPUs with AVX512_BF16 or AMX and on GPUs; values "
+                             "differ slightly from fp32), channels_last+bf16 (both); auto (default): a short timing "
+                             "of these on this machine picks the fastest, only on slides with enough tissue tiles "
+                             "for it to pay (aeutils.speed), else fp32")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--figure", type=Path, default=None, metavar="PNG",
                         help="also save the (first) slide's thumbnail beside its map as a PNG")
