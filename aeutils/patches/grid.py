@@ -87,6 +87,11 @@ class SlidePlan:
         return 1.0 if self.scale is None else self.scale.factor
 
     @property
+    def resample_filter(self) -> str | None:
+        """The filter the patches are resampled with (:data:`aeutils.scale.FILTERS`); None when not resampled."""
+        return self.scale.filter if self.scale is not None and self.scale.resampled else None
+
+    @property
     def mpp_source(self) -> str | None:
         """``"slide"``, ``"assumed"`` or ``None``."""
         return None if self.scale is None else self.scale.mpp_source

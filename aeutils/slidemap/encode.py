@@ -109,6 +109,7 @@ def _run_settings(slide: Any, choice: Any, grid: TileGrid, model: "Autoencoder",
         "level": choice.level, "factor": choice.factor, "mpp": choice.mpp, "mpp_source": choice.mpp_source,
         "input_size": [grid.width, grid.height], "core": grid.core, "margin": grid.margin,
         "model": _model_digest(model), "config": model.config.to_dict(), "reconstruction": reconstruction,
+        **({"resample_filter": choice.filter} if choice.resampled else {}),  # maps of unresampled levels unchanged
     }
 
 
@@ -188,6 +189,7 @@ def encode_slide(
     level: int | None = None,
     mpp: float | None = None,
     assume_mpp: float | None = None,
+    resample_filter: str | None = None,
     view: str = "stretch",
     low: float = 2.0,
     high: float = 98.0,
@@ -204,7 +206,8 @@ def encode_slide(
 ) -> SlideMap:
     """Encode one slide's tissue into ``out/<slide>.encoding.tiff`` (and ``.reconstruction.tiff``).
 
-    ``level`` / ``mpp`` / ``assume_mpp``: the input scale, as ``extract`` (:func:`aeutils.scale.resolve_scale`).
+    ``level`` / ``mpp`` / ``assume_mpp`` / ``resample_filter``: the input scale, as ``extract``
+    (:func:`aeutils.scale.resolve_scale`; the same reader, so a map pixel sees the patch pixels extract writes).
     ``model``: an Autoencoder, a checkpoint path, or None (the shipped model). ``view``/``low``/``high``:
     the grey levels written (:meth:`MapStats.view`). ``core`` input px per tile (multiple of 256),
     ``run`` tiles per region read, ``batch_size`` tiles per forward pass (default
@@ -221,7 +224,7 @@ def encode_slide(
     _check_options(view, low, high, core)
     out_dir = Path(out)
     with open_slide(slide) as s, readers_closed():
-        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp)
+        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp, filter=resample_filter)
         if choice.mpp is None:
             say(choice.describe())
         ae = model_for(model, device)
