@@ -8,8 +8,8 @@ Two cases, each with every arm timed in the same run (interleaved repeats):
   (PIL defaults) per patch; the outputs are compared pixel for pixel (they must be identical).
 * **resampled** (fidelity and speed; ``--mpp 0.5`` on a 40x pyramid): real H&E taken as 0.5 um/px (the
   bundled prostate, 0.5 assumed, and the CMU skin sample, 0.499 tagged: ``--sources``), tiled (default
-  3 x 3 copies, so that the per-slide costs, tissue mask and QC figure, weigh as on a real slide), enlarged 2x with PIL bicubic (smooth: a box enlargement would be inverted exactly by a
-  box filter), JPEG q90, levels 4x apart (0.25 / 1.0 / 4.0 um/px, as TCGA 40x files). No level is within
+  3 x 3 copies, so that the per-slide costs, tissue mask and QC figure, weigh about as on a real slide),
+  enlarged 2x with PIL bicubic (smooth: a box enlargement would be inverted exactly by a box filter), JPEG q90, levels 4x apart (0.25 / 1.0 / 4.0 um/px, as TCGA 40x files). No level is within
   10 % of 0.5 um/px, so extract reads level 0 and downsamples it x2; the tiled source is then exactly
   the true 0.5 um/px pixels of every patch's footprint. Arms: the naive loop (per patch, a careful
   resample: ``read_region`` of the footprint plus 4 output px of margin, clipped to the slide, PIL
