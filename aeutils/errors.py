@@ -28,3 +28,7 @@ class CheckpointError(AeutilsError):
 
 class TrainingError(AeutilsError):
     """Training cannot go on (non-finite loss, no data, ...); the last good checkpoint is kept."""
+
+
+class FolderBusyError(AeutilsError):
+    """An output folder another process is writing to (its lock file names that process's pid)."""

@@ -263,8 +263,10 @@ def read_scaled(slide: Any, choice: ScaleChoice, x0: int, y0: int, w: int, h: in
 # CLI
 
 
-def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--level``, ``--mpp`` (mutually exclusive), ``--assume-mpp`` and ``--resample-filter`` to ``parser``."""
+def add_scale_arguments(parser: argparse.ArgumentParser, recorded: str = "manifest mpp_source 'assumed'") -> None:
+    """Add ``--level``, ``--mpp`` (mutually exclusive), ``--assume-mpp`` and ``--resample-filter`` to
+    ``parser``; ``recorded``: where the command records an assumed scale (``extract``: its manifest), said
+    in ``--assume-mpp``'s help."""
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=None, help="pyramid level to read as is (default 0)")
     g.add_argument("--mpp", type=float, default=None,
@@ -272,7 +274,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
                         "downsampled (antialiased; never upsampled)")
     parser.add_argument("--assume-mpp", type=float, default=None, metavar="X",
                         help="the slides' level-0 microns/pixel, for files whose scale tag is missing or wrong "
-                             "(manifest mpp_source 'assumed')")
+                             f"({recorded})")
     parser.add_argument("--resample-filter", choices=tuple(FILTERS), default=None, metavar="FILTER",
                         help=f"filter when --mpp resamples a level: {', '.join(FILTERS)} (default {DEFAULT_FILTER}: "
                              "keeps tissue detail; area costs ~25%% less CPU per patch but blurs, 0.15-1.2 dB "

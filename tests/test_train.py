@@ -361,9 +361,15 @@ def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: P
     assert find_runs(tmp_path) == [run]
     train(patch_dir, tmp_path / "short", epochs=3, max_steps=2, **FAST)  # unfinished: not picked up
     assert find_runs(tmp_path) == [run] and set(find_runs(tmp_path, finished=False)) == {run, tmp_path / "short"}
-    from aeutils.checkpoint import CheckpointError, pick_checkpoint, pretrained_path
+    from aeutils.checkpoint import CheckpointError, pretrained_path, save_checkpoint
+    from aeutils.training import pick_checkpoint
 
-    assert pick_checkpoint(runs_dir=tmp_path) == (run / "best.pt", f"model: {run / 'best.pt'} (notebook 03's newest finished run)")
+    black = Autoencoder(TINY)
+    with torch.no_grad():
+        black.decoder[-1].bias.fill_(-100.0)  # every output pixel black: far worse than the run on validation
+    bad = save_checkpoint(tmp_path / "black.pt", black)
+    path, line = pick_checkpoint(runs_dir=tmp_path, reference=bad)
+    assert path == run / "best.pt" and line.startswith(f"model: notebook 03's run {run / 'best.pt'} (val PSNR"), line
     path, line = pick_checkpoint(runs_dir=tmp_path / "none")  # notebooks 04/05 before notebook 03 ran
     assert path == pretrained_path() and line.endswith(f"(no finished run under {tmp_path / 'none'})")
     assert pick_checkpoint(run / "last.pt", tmp_path)[0] == run / "last.pt"  # given wins
@@ -570,3 +576,74 @@ def test_a_finished_run_returns_at_once_and_touches_nothing(
     # more epochs is another recipe: it does train (and reads the patches)
     with pytest.raises(AssertionError, match="must not read the patches"):
         train(patch_dir, run, epochs=3, resume=True, **FAST)
+
+
+# --------------------------------------------------------------------------------------------- issue 20
+def test_20_3_a_second_train_into_a_busy_run_folder_is_refused(patch_dir: Path, tmp_path: Path) -> None:
+    """One writer per run folder: the second process gets one line naming the folder and the first one's pid."""
+    from aeutils.errors import FolderBusyError
+    from test_io import hold_lock, release
+
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(FolderBusyError) as info:
+            train(patch_dir, run, epochs=1, **FAST)
+    finally:
+        release(holder)
+    assert str(info.value).startswith(f"{run}: in use by another process (pid {holder.pid}")
+    assert not run.exists()  # nothing written, the folder the lock made removed again
+
+
+def test_20_14_temp_files_of_killed_checkpoint_writes_are_removed_by_the_rerun(patch_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(patch_dir, run, epochs=1, **FAST)
+    left = [run / ".last.pt.k2j4h6g8.tmp", run / ".best.pt.a1b2c3d4.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    (run / "mine.tmp").write_text("not ours")
+    assert train(patch_dir, run, epochs=2, resume=True, **FAST).epochs_done == 2
+    assert not any(p.exists() for p in left) and (run / "mine.tmp").exists()
+    assert not (run / ".aeutils.lock").exists()
+
+
+def _fake_run(root: Path, patches: Path, val_psnr: float) -> Path:
+    """A finished run folder whose ``best.pt`` records ``val_psnr`` (what the trainer writes), without training."""
+    from aeutils.checkpoint import save_checkpoint
+    from aeutils.training import BEST_NAME, LAST_NAME, TrainConfig, write_run_config
+
+    cfg = TrainConfig(epochs=1, architecture=TINY, val_limit=2)  # 2 of the 3 validation patches
+    root.mkdir(parents=True)
+    write_run_config(root, patches, cfg)
+    model = Autoencoder(TINY)
+    metrics = {"val_psnr": val_psnr}
+    save_checkpoint(root / BEST_NAME, model, epoch=1, metrics=metrics)
+    save_checkpoint(root / LAST_NAME, model, epoch=1, metrics=metrics)
+    return root
+
+
+def test_pick_checkpoint_uses_notebook_03s_run_only_when_it_is_not_worse_than_the_shipped_model(
+    patch_dir: Path, tmp_path: Path
+) -> None:
+    from aeutils.checkpoint import pretrained_path
+    from aeutils.training import pick_checkpoint, validation_psnr
+
+    shipped, n = validation_psnr(pretrained_path(), _fake_run(tmp_path / "probe", patch_dir, 0.0))
+    assert n == 2 and 5 < shipped < 60  # the run's val_limit subset; a real reconstruction PSNR
+    runs = tmp_path / "runs"
+    flat = _fake_run(runs / "flat", patch_dir, shipped - 0.5)  # a smoke-sized run: worse on validation
+    path, line = pick_checkpoint(None, runs)
+    assert path == pretrained_path(), line
+    assert f"{shipped:.2f} dB" in line and f"{shipped - 0.5:.2f} dB, so it is not used" in line
+    good = _fake_run(runs / "good", patch_dir, shipped)  # newer, and a tie: the run is kept
+    assert pick_checkpoint(None, runs)[0] == good / "best.pt"
+    import shutil
+
+    shutil.rmtree(good)
+    moved = tmp_path / "moved"  # the run's patches are gone: no comparison, the shipped model, said why
+    shutil.copytree(patch_dir, moved)
+    gone = _fake_run(runs / "gone", moved, 99.0)
+    shutil.rmtree(moved)
+    path, line = pick_checkpoint(None, runs)
+    assert path == pretrained_path() and f"run {gone.name} could not be compared" in line and "is gone" in line
+    assert flat.exists()
