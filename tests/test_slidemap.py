@@ -17,7 +17,7 @@ import torch
 
 from aeutils import cli
 from aeutils.checkpoint import save_checkpoint
-from aeutils.errors import CheckpointError
+from aeutils.errors import CheckpointError, SlideError
 from aeutils.introspect import receptive_field
 from aeutils.slidemap import (
     MapStats, TileGrid, encode_image, encode_slide, encoder_margin, read_settings, to_uint8,
@@ -348,6 +348,14 @@ def test_resampled_scale_and_the_bf16_route(tmp_path: Path, syn: Path, region: n
     assert read_settings(area.encoding)["resample_filter"] == "area"
     with open_slide(res.encoding) as a, open_slide(area.encoding) as b:
         assert not np.array_equal(a.read_region(0, 0, 0, a.dimensions), b.read_region(0, 0, 0, b.dimensions))
+    with pytest.raises(SlideError, match=r"other settings \(--resample-filter lanczos \(now area\)\).*--overwrite"):
+        encode_slide(syn, tmp_path, model=small_model(), mpp=0.75, resample_filter="area", core=256, progress=False)
+    # A resampled map written before the key existed was made with area, the only filter then.
+    from aeutils.slidemap.encode import map_differences
+
+    old = {k: v for k, v in read_settings(area.encoding).items() if k != "resample_filter"}
+    assert map_differences(old, read_settings(area.encoding)) == []
+    assert map_differences(old, read_settings(res.encoding)) == ["--resample-filter area (now lanczos)"]
     img = np.ascontiguousarray(region[:600, :600])
     exact, _ = encode_image(shipped, img, core=256, precision="fp32")
     fast, _ = encode_image(shipped, img, core=256, precision="bf16")
