@@ -7,7 +7,7 @@ One resolution rule shared by every command that reads slide pixels (``extract``
   default 10 %); otherwise the nearest *finer* level, downsampled by ``factor = M / level_mpp`` with
   an antialiased filter (``--resample-filter``, :data:`FILTERS`): Lanczos by default, which keeps the
   detail of band-limited tissue (the same pixels as a careful per-patch ``read_region`` + PIL Lanczos);
-  ``area`` (the mean over each output pixel's footprint) costs ~25 % less CPU per patch but blurs: on
+  ``area`` (the mean over each output pixel's footprint) costs ~20 % less CPU per patch but blurs: on
   40x pyramids made by enlarging the bundled slides 2x (bicubic) it lost 0.15 (skin) to 1.2 dB
   (prostate) of median PSNR against the true pixels (``bench/extract.py`` prints the figures). A
   coarser level is never upsampled, and
@@ -46,9 +46,10 @@ DEFAULT_TOLERANCE = 0.1
 #: resampling filters: name -> (PIL ``Image.Resampling`` member, kernel support radius in output pixels).
 #: All are antialiased (PIL widens the kernel by the factor). ``bench/extract.py`` (x2 from 40x
 #: pyramids of the bundled slides, 2 cores) measured, median PSNR per patch against the true pixels and
-#: extract's CPU per patch end to end: "lanczos" (3 lobes) the careful naive resample's pixels exactly,
-#: 4.7 ms; "bicubic" 0.5-1.5 dB lower, 4.2 ms (for pipelines that want PIL's antialiased bicubic);
-#: "area" (the mean over each output pixel's footprint, PIL ``BOX``) 0.15-1.2 dB lower, 3.6 ms.
+#: extract's CPU per patch end to end (prostate / skin): "lanczos" (3 lobes) the careful naive resample's
+#: pixels exactly, 4.7 / 5.3 ms; "bicubic" 1.5 / 0.5 dB lower, 4.2 / 4.7 ms (for pipelines that want PIL's
+#: antialiased bicubic); "area" (the mean over each output pixel's footprint, PIL ``BOX``) 1.2 / 0.15 dB
+#: lower, 3.6 / 4.4 ms.
 #: PIL's hamming and bilinear are left out: they cost what area does and lost 0.7-5.7 dB.
 FILTERS: dict[str, tuple[str, float]] = {
     "lanczos": ("LANCZOS", 3.0),
@@ -277,7 +278,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser, recorded: str = "manife
                              f"({recorded})")
     parser.add_argument("--resample-filter", choices=tuple(FILTERS), default=None, metavar="FILTER",
                         help=f"filter when --mpp resamples a level: {', '.join(FILTERS)} (default {DEFAULT_FILTER}: "
-                             "keeps tissue detail; area costs ~25%% less CPU per patch but blurs, 0.15-1.2 dB "
+                             "keeps tissue detail; area costs ~20%% less CPU per patch but blurs, 0.15-1.2 dB "
                              "lower PSNR; bicubic is both slower and blurrier than area; bench/extract.py)")
 
 

@@ -9,9 +9,10 @@ Two cases, each with every arm timed in the same run (interleaved repeats):
 * **resampled** (fidelity and speed; ``--mpp 0.5`` on a 40x pyramid): real H&E taken as 0.5 um/px (the
   bundled prostate, 0.5 assumed, and the CMU skin sample, 0.499 tagged: ``--sources``), tiled (default
   3 x 3 copies, so that the per-slide costs, tissue mask and QC figure, weigh about as on a real slide),
-  enlarged 2x with PIL bicubic (smooth: a box enlargement would be inverted exactly by a box filter), JPEG q90, levels 4x apart (0.25 / 1.0 / 4.0 um/px, as TCGA 40x files). No level is within
-  10 % of 0.5 um/px, so extract reads level 0 and downsamples it x2; the tiled source is then exactly
-  the true 0.5 um/px pixels of every patch's footprint. Arms: the naive loop (per patch, a careful
+  enlarged 2x with PIL bicubic (smooth: a box enlargement would be inverted exactly by a box filter),
+  JPEG q90, levels 4x apart (0.25 / 1.0 / 4.0 um/px, as TCGA 40x files). No level is within 10 % of
+  0.5 um/px, so extract reads level 0 and downsamples it x2; the tiled source is then exactly the true
+  0.5 um/px pixels of every patch's footprint. Arms: the naive loop (per patch, a careful
   resample: ``read_region`` of the footprint plus 4 output px of margin, clipped to the slide, PIL
   Lanczos onto the patch's exact output grid, PIL PNG save) and ``extract(..., resample_filter=F)``
   for each filter F (``--filters``). Printed per arm: median and worst per-patch PSNR against the true
@@ -28,7 +29,7 @@ and the CPU time per patch of each (process + pool children: the part of the gai
 on free cores; on a busy machine the wall-clock ratio shrinks towards it), and the CPU
 (:func:`aeutils.speed.cpu_description`). :func:`run` returns the numbers as a dict.
 
-    python bench/extract.py                 # both cases, 2 interleaved repeats (a few minutes on 2 cores)
+    python bench/extract.py                 # both cases, 2 interleaved repeats (~8 min on 2 busy cores)
     python bench/extract.py --smoke         # small slides, sparse grids: seconds (CI)
 
 The slides are cached under ``--out`` (default ``bench/out/``, which also holds the arms' outputs).
@@ -327,7 +328,8 @@ def _resampled_case(name: str, slide: Path, source: str, run_dir: Path, *, patch
         res["filters"][flt] = {
             **_fidelity(run_dir / flt, rels, truth, n_dir), "s": a["s"], "s_best": a["s_best"],
             "patches_per_s": n / a["s"], "cpu_ms_per_patch": 1e3 * a["cpu_s"] / n,
-            "speedup": nv["s"] / a["s"], "speedup_best": nv["s_best"] / a["s_best"], "cpu_ratio": nv["cpu_s"] / a["cpu_s"],
+            "speedup": nv["s"] / a["s"], "speedup_best": nv["s_best"] / a["s_best"],
+            "cpu_ratio": nv["cpu_s"] / a["cpu_s"],
             "mib": sum((run_dir / flt / r).stat().st_size for r in rels) / 2**20,
         }
         res["filters"][flt]["gap_db"] = res["naive"]["psnr_truth_median"] - res["filters"][flt]["psnr_truth_median"]
@@ -418,7 +420,8 @@ def report(result: dict[str, Any]) -> None:
               f"{nv['psnr_truth_median']:5.2f} / {nv['psnr_truth_worst']:5.2f} dB, {nv['patches_per_s']:7.1f} patches/s "
               f"({nv['s']:.2f} s, {nv['cpu_ms_per_patch']:.1f} ms CPU/patch)")
         for flt, f in r["filters"].items():
-            vs = "identical" if f["identical_to_naive"] else f"{f['psnr_naive_median']:5.1f} / {f['psnr_naive_worst']:5.1f} dB"
+            vs = ("identical" if f["identical_to_naive"] else
+                  f"{f['psnr_naive_median']:5.1f} / {f['psnr_naive_worst']:5.1f} dB")
             tag = " (default)" if flt == r["default"] else ""
             print(f"[{r['case']}]   extract --resample-filter {flt:8s}{tag:10s}: {f['psnr_truth_median']:5.2f} / "
                   f"{f['psnr_truth_worst']:5.2f} dB ({0.0 - f['gap_db']:+.2f} dB vs naive), vs naive {vs}; "

@@ -2,7 +2,8 @@
 
 OpenSlide reads them as "generic tiled TIFF". The tissue layout is known exactly: pink textured
 rectangles on near-white glass, so the grid cells a correct extractor keeps can be listed by hand.
-Also writes ASAP (CAMELYON16) annotation XML.
+Also writes ASAP (CAMELYON16) annotation XML, and smooth "40x" pyramids of real tissue enlarged 2x
+(:func:`upsampled_pyramid`) whose true 0.5 um/px pixels are known, for resampling fidelity.
 """
 from __future__ import annotations
 

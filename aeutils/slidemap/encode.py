@@ -268,8 +268,9 @@ def encode_slide(
         remove_temp_files(out_dir, [_work_name(Path(slide).stem)])  # of killed writes (nobody else writes here)
         return _encode_slide(
             slide, out_dir, model=model, level=level, mpp=mpp, assume_mpp=assume_mpp, resample_filter=resample_filter,
-            view=view, low=low, high=high, reconstruction=reconstruction, core=core, run=run, batch_size=batch_size, precision=precision,
-            device=device, progress=progress, keep_work=keep_work, overwrite=overwrite, on_tile=on_tile, say=say,
+            view=view, low=low, high=high, reconstruction=reconstruction, core=core, run=run, batch_size=batch_size,
+            precision=precision, device=device, progress=progress, keep_work=keep_work, overwrite=overwrite,
+            on_tile=on_tile, say=say,
         )
 
 
