@@ -19,6 +19,8 @@ resample            resample factor (level pixels per patch pixel; 1 = the level
 mpp_source          ``slide`` (the file's tag), ``assumed`` (``--assume-mpp``) or empty (unknown)
 bytes               size of the PNG file (resume checks kept files against it)
 tissue_source       ``auto`` (tissue detected on a thumbnail), or your mask: its file, or ``array``
+resample_filter     filter of the resampling (``lanczos``, ``area``, ...: :data:`aeutils.scale.FILTERS`);
+                    empty when ``resample`` is 1 (and in manifests written before it existed)
 ==================  =========================================================================================
 
 Text: UTF-8; a slide file name that is not UTF-8 (bytes on Linux) is kept byte for byte
@@ -53,7 +55,7 @@ MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = (
     "path", "slide", "level", "x", "y", "size", "mpp", "tissue_fraction", "tumour_fraction", "label",
     "downsample", "slide_width", "slide_height", "stride", "resample", "mpp_source", "bytes",
-    "tissue_source",
+    "tissue_source", "resample_filter",
 )
 #: Columns every manifest has (later ones were added over time; read_manifest gives None without them).
 REQUIRED_COLUMNS = MANIFEST_COLUMNS[:10]
@@ -148,7 +150,8 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     pixels, size patch pixels), ``mpp`` (float or None), ``tissue_fraction`` (float), ``tumour_fraction``
     (float or None), ``label`` (0, 1 or None), ``downsample`` (float: level-0 px per patch px),
     ``slide_width, slide_height, stride`` (int), ``resample`` (float), ``mpp_source`` (str), ``bytes``
-    (int), ``tissue_source`` (str); these last ones are None in manifests written before they existed.
+    (int), ``tissue_source``, ``resample_filter`` (str; None when not resampled); these last ones are
+    None in manifests written before they existed.
     Raises :class:`PatchError` if the manifest is missing or malformed.
     """
     p = Path(out_dir)
@@ -169,6 +172,7 @@ def read_manifest(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 "stride": _opt(r, "stride", int), "resample": _opt(r, "resample", float),
                 "mpp_source": r.get("mpp_source") or None, "bytes": _opt(r, "bytes", int),
                 "tissue_source": r.get("tissue_source") or None,
+                "resample_filter": r.get("resample_filter") or None,
             })
         except (TypeError, ValueError) as exc:
             raise PatchError(f"{csv_path}: bad row {r} ({exc})") from None

@@ -43,8 +43,8 @@ class SlideExplorer:
 
     ``slide``: a whole-slide image path. ``model``: an Autoencoder, a checkpoint path, or None (the
     shipped model). ``encoding``: the slide's ``.encoding.tiff`` (optional; shown beside the slide).
-    ``level`` / ``mpp`` / ``assume_mpp``: the input scale, as ``extract`` and ``encode``
-    (:func:`aeutils.scale.resolve_scale`). ``size``: patch side in input px (4k+1, default 181).
+    ``level`` / ``mpp`` / ``assume_mpp`` / ``resample_filter``: the input scale, as ``extract`` and
+    ``encode`` (:func:`aeutils.scale.resolve_scale`). ``size``: patch side in input px (4k+1, default 181).
     ``x``, ``y``: the first patch centre (default: the centre of the tissue).
 
     Controls (set ``.value`` from code, or use the mouse): ``x``, ``y`` (IntSliders, patch centre in
@@ -62,6 +62,7 @@ class SlideExplorer:
         level: int | None = None,
         mpp: float | None = None,
         assume_mpp: float | None = None,
+        resample_filter: str | None = None,
         size: int = 181,
         thumb_side: int = 360,
         x: int | None = None,
@@ -82,7 +83,7 @@ class SlideExplorer:
         self.model = load_model(model)
         self.size = int(size)
         self.slide = open_slide(slide)
-        self.choice = resolve_scale(self.slide, level=level, mpp=mpp, assume_mpp=assume_mpp)
+        self.choice = resolve_scale(self.slide, level=level, mpp=mpp, assume_mpp=assume_mpp, filter=resample_filter)
         self.mpp = self.choice.mpp
         self.width, self.height = self.choice.output_dimensions
         if self.size > min(self.width, self.height):

@@ -17,7 +17,7 @@ import torch
 
 from aeutils import cli
 from aeutils.checkpoint import save_checkpoint
-from aeutils.errors import CheckpointError
+from aeutils.errors import CheckpointError, SlideError
 from aeutils.introspect import receptive_field
 from aeutils.slidemap import (
     MapStats, TileGrid, encode_image, encode_slide, encoder_margin, read_settings, to_uint8,
@@ -137,7 +137,7 @@ def test_encode_writes_pyramids_openslide_opens_with_mpp(tmp_path: Path, syn: Pa
     assert np.abs(want[tissue].astype(int) - got[tissue].astype(int)).max() <= 1
     # background (glass) is empty, tissue is mapped
     assert got[10:20, 10:20].max() == 0 and tissue[40:140, 40:160].mean() > 0.95
-    assert read_settings(res.encoding)["view"] == "stretch"
+    assert read_settings(res.encoding)["view"] == "stretch" and "resample_filter" not in read_settings(res.encoding)
     with open_slide(res.reconstruction) as r:
         assert r.dimensions == (1400, 1100) and r.mpp == pytest.approx(0.5)
         patch = r.read_region(200, 200, 0, (64, 64)).astype(int)
@@ -341,6 +341,21 @@ def test_resampled_scale_and_the_bf16_route(tmp_path: Path, syn: Path, region: n
     res = encode_slide(syn, tmp_path, model=small_model(), mpp=0.75, core=256, precision="fp32", progress=False)
     with open_slide(res.encoding) as e:
         assert e.mpp == pytest.approx(3.0) and e.dimensions == (-(-933 // 4), -(-733 // 4))
+    # The filter is extract's (one reader, aeutils.scale) and part of the map's settings.
+    assert read_settings(res.encoding)["resample_filter"] == "lanczos"
+    area = encode_slide(syn, tmp_path / "area", model=small_model(), mpp=0.75, resample_filter="area", core=256,
+                        precision="fp32", progress=False)
+    assert read_settings(area.encoding)["resample_filter"] == "area"
+    with open_slide(res.encoding) as a, open_slide(area.encoding) as b:
+        assert not np.array_equal(a.read_region(0, 0, 0, a.dimensions), b.read_region(0, 0, 0, b.dimensions))
+    with pytest.raises(SlideError, match=r"other settings \(--resample-filter lanczos \(now area\)\).*--overwrite"):
+        encode_slide(syn, tmp_path, model=small_model(), mpp=0.75, resample_filter="area", core=256, progress=False)
+    # A resampled map written before the key existed was made with area, the only filter then.
+    from aeutils.slidemap.encode import map_differences
+
+    old = {k: v for k, v in read_settings(area.encoding).items() if k != "resample_filter"}
+    assert map_differences(old, read_settings(area.encoding)) == []
+    assert map_differences(old, read_settings(res.encoding)) == ["--resample-filter area (now lanczos)"]
     img = np.ascontiguousarray(region[:600, :600])
     exact, _ = encode_image(shipped, img, core=256, precision="fp32")
     fast, _ = encode_image(shipped, img, core=256, precision="bf16")

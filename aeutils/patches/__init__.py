@@ -23,7 +23,8 @@ Tissue: by default a mask detected on a thumbnail (:mod:`aeutils.tissue`); ``mas
 ``--mask-dir`` give your own (as histolab's ``extraction_mask`` and TIAToolbox's ``input_mask``).
 
 Scale (:mod:`aeutils.scale`): ``level`` (default 0) is read as is; ``mpp`` picks the level within 10 %
-of it, or else downsamples the next finer level (area filter, antialiased; never upsampling a coarser one).
+of it, or else downsamples the next finer level (antialiased, ``resample_filter`` / ``--resample-filter``:
+Lanczos by default, which keeps tissue detail; never upsampling a coarser one).
 At factor 1 each patch is exactly ``OpenSlide.read_region((x, y), level, (size, size)).convert("RGB")``.
 To avoid decoding shared tiles once per patch, neighbouring cells are read as one strip and sliced
 (pixel-identical at level 0 and at levels with an integer downsample; other levels are read per

@@ -30,7 +30,7 @@ from aeutils.patches.grid import (
 from aeutils.patches.qc import save_qc
 from aeutils.patches.resume import OutFolder, check_out, fold_shard_manifests
 from aeutils.patches.runner import Task, TaskResult, blocks, close_handles, default_workers, run_task, start_pool
-from aeutils.scale import check_assume_mpp
+from aeutils.scale import check_assume_mpp, check_filter
 
 __all__ = ["extract", "MANIFEST_EVERY_S"]
 
@@ -100,6 +100,7 @@ def extract(
     level: int | None = 0,
     mpp: float | None = None,
     assume_mpp: float | None = None,
+    resample_filter: str | None = None,
     stride: int | None = None,
     min_tissue: float = 0.5,
     annotations: Any = None,
@@ -117,7 +118,9 @@ def extract(
     """Cut the tissue cells of ``slides`` into ``out`` (PNG tree + manifest + QC figures).
 
     Grid and scale parameters as in :func:`plan_slide` (``mpp``/``assume_mpp``: microns per pixel of
-    the patches / of the slides' level 0); ``mask``: your own tissue mask instead of the automatic one
+    the patches / of the slides' level 0; ``resample_filter``: how a level is downsampled when no level
+    has ``mpp``, a key of :data:`aeutils.scale.FILTERS`, default ``"lanczos"``; the manifest's
+    ``resample_filter`` column records it); ``mask``: your own tissue mask instead of the automatic one
     (for one slide an H x W bool array or a PNG/TIFF file covering the whole slide at any resolution,
     nonzero = tissue; for several a folder of ``<slide stem>.png`` or a dict slide name -> mask;
     ``min_tissue`` then applies to the mask's fraction per patch; the manifest's ``tissue_source``
@@ -141,12 +144,14 @@ def extract(
     paths = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
     size, level = _check_options(paths, patch_size, level, mpp, assume_mpp, stride, min_tissue, annotations, mask,
                                  keep, max_patches)
+    resample_filter = check_filter(resample_filter)
     shard_kn = parse_shard(shard)
     nworkers = default_workers() if workers is None else check_positive("workers", workers)
     out = Path(out)
     check_out(out)
     plan_of = partial(plan_slide, patch_size=size, level=level, stride=stride, min_tissue=min_tissue,
-                      annotations=annotations, mpp=mpp, assume_mpp=assume_mpp, keep=keep, max_patches=max_patches,
+                      annotations=annotations, mpp=mpp, assume_mpp=assume_mpp, resample_filter=resample_filter,
+                      keep=keep, max_patches=max_patches,
                       seed=seed, mask=mask)
 
     notes = _Notes(log or _print, on_error)

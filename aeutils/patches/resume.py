@@ -38,11 +38,14 @@ def settings_diff(old: list[dict[str, str]], plan: SlidePlan) -> list[str]:
     new = manifest_row(plan, plan.cells[0])
     diffs = []
     for opt, col in (("--patch-size", "size"), ("--stride", "stride"), ("--level", "level"),
-                     ("resample factor", "resample"), ("mpp", "mpp"), ("mpp source", "mpp_source")):
+                     ("resample factor", "resample"), ("--resample-filter", "resample_filter"), ("mpp", "mpp"),
+                     ("mpp source", "mpp_source")):
         was = {r.get(col) or "" for r in old} - {""}
         now = new.get(col, "")
         if col in ("resample",) and not was:
             was = {"1"}
+        if col == "resample_filter" and not was and any((r.get("resample") or "1") != "1" for r in old):
+            was = {"area"}  # resampled rows written before the column: area was extract's only filter then
         if was and now and was != {now}:
             diffs.append(f"{opt} {', '.join(sorted(was))} (now {now})")
     if diffs and diffs[0].startswith("--patch-size") and len(diffs) > 1 and diffs[1].startswith("--stride"):

@@ -115,7 +115,7 @@ def check_out_folder(out: Path) -> None:
 _MAP_SETTINGS = {
     "--view": ("view",), "--percentiles": ("low", "high"), "--checkpoint": ("model", "config"),
     "scale (--level/--mpp/--assume-mpp)": ("level", "factor", "mpp", "mpp_source", "input_size"),
-    "slide file": ("slide", "slide_bytes"),
+    "slide file": ("slide", "slide_bytes"), "--resample-filter": ("resample_filter",),
 }
 
 
@@ -125,6 +125,8 @@ def map_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
     ``[]`` when only the tiling, the work settings or ``--reconstruction`` differ (the same pixels)."""
     if old is None:
         return ["not a map written by encode"]
+    if old.get("factor", 1.0) != 1.0 and "resample_filter" not in old:
+        old = {**old, "resample_filter": "area"}  # resampled before the key existed: area was the only filter
     diffs = []
     for option, keys in _MAP_SETTINGS.items():
         if any(old.get(k) != new.get(k) for k in keys):
@@ -145,6 +147,7 @@ def _run_settings(slide: Any, choice: Any, grid: TileGrid, model: "Autoencoder",
         "level": choice.level, "factor": choice.factor, "mpp": choice.mpp, "mpp_source": choice.mpp_source,
         "input_size": [grid.width, grid.height], "core": grid.core, "margin": grid.margin,
         "model": _model_digest(model), "config": model.config.to_dict(), "reconstruction": reconstruction,
+        **({"resample_filter": choice.filter} if choice.resampled else {}),  # maps of unresampled levels unchanged
     }
 
 
@@ -224,6 +227,7 @@ def encode_slide(
     level: int | None = None,
     mpp: float | None = None,
     assume_mpp: float | None = None,
+    resample_filter: str | None = None,
     view: str = "stretch",
     low: float = 2.0,
     high: float = 98.0,
@@ -241,7 +245,8 @@ def encode_slide(
 ) -> SlideMap:
     """Encode one slide's tissue into ``out/<slide>.encoding.tiff`` (and ``.reconstruction.tiff``).
 
-    ``level`` / ``mpp`` / ``assume_mpp``: the input scale, as ``extract`` (:func:`aeutils.scale.resolve_scale`).
+    ``level`` / ``mpp`` / ``assume_mpp`` / ``resample_filter``: the input scale, as ``extract``
+    (:func:`aeutils.scale.resolve_scale`; the same reader, so a map pixel sees the patch pixels extract writes).
     ``model``: an Autoencoder, a checkpoint path, or None (the shipped model). ``view``/``low``/``high``:
     the grey levels written (:meth:`MapStats.view`). ``core`` input px per tile (multiple of 256),
     ``run`` tiles per region read, ``batch_size`` tiles per forward pass (default
@@ -262,9 +267,10 @@ def encode_slide(
     with folder_lock(out_dir, "encode"):  # one writer: a second run is refused in one line
         remove_temp_files(out_dir, [_work_name(Path(slide).stem)])  # of killed writes (nobody else writes here)
         return _encode_slide(
-            slide, out_dir, model=model, level=level, mpp=mpp, assume_mpp=assume_mpp, view=view, low=low, high=high,
-            reconstruction=reconstruction, core=core, run=run, batch_size=batch_size, precision=precision,
-            device=device, progress=progress, keep_work=keep_work, overwrite=overwrite, on_tile=on_tile, say=say,
+            slide, out_dir, model=model, level=level, mpp=mpp, assume_mpp=assume_mpp, resample_filter=resample_filter,
+            view=view, low=low, high=high, reconstruction=reconstruction, core=core, run=run, batch_size=batch_size,
+            precision=precision, device=device, progress=progress, keep_work=keep_work, overwrite=overwrite,
+            on_tile=on_tile, say=say,
         )
 
 
@@ -274,16 +280,16 @@ def _work_name(name: str) -> str:
 
 
 def _encode_slide(slide: str | os.PathLike[str], out_dir: Path, *, model: Any, level: int | None, mpp: float | None,
-                  assume_mpp: float | None, view: str, low: float, high: float, reconstruction: bool, core: int,
-                  run: int, batch_size: int | None, precision: str | None, device: str | None, progress: bool,
-                  keep_work: bool, overwrite: bool, on_tile: Callable[[int, int], None] | None,
-                  say: Callable[[str], None]) -> SlideMap:
+                  assume_mpp: float | None, resample_filter: str | None, view: str, low: float, high: float,
+                  reconstruction: bool, core: int, run: int, batch_size: int | None, precision: str | None,
+                  device: str | None, progress: bool, keep_work: bool, overwrite: bool,
+                  on_tile: Callable[[int, int], None] | None, say: Callable[[str], None]) -> SlideMap:
     """:func:`encode_slide` once the output folder is locked."""
     from aeutils.scale import resolve_scale
     from aeutils.slides import open_slide
 
     with open_slide(slide) as s, readers_closed():
-        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp)
+        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp, filter=resample_filter)
         if choice.mpp is None:
             say(choice.describe())
         ae = model_for(model, device)
