@@ -28,3 +28,7 @@ class CheckpointError(AeutilsError):
 
 class TrainingError(AeutilsError):
     """Training cannot go on (non-finite loss, no data, ...); the last good checkpoint is kept."""
+
+
+class DeviceError(AeutilsError):
+    """A compute device asked for (``--device``, ``$MSCOPY_DEVICE``) that this machine does not have."""
