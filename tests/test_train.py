@@ -570,3 +570,36 @@ def test_a_finished_run_returns_at_once_and_touches_nothing(
     # more epochs is another recipe: it does train (and reads the patches)
     with pytest.raises(AssertionError, match="must not read the patches"):
         train(patch_dir, run, epochs=3, resume=True, **FAST)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("epochs", "three", 'key "epochs" is "three": expected an integer'),
+     ("lr", -1, 'key "lr" is -1: must be > 0'),
+     ("progress", "yes", 'key "progress" is "yes": expected true or false'),
+     ("time_budget", "soon", 'key "time_budget" is "soon": expected seconds or a number with s, m or h'),
+     ("architecture", {"n_blocks": "x"}, "architecture: n_blocks='x': expected an integer")],
+)
+def test_a_hand_edited_config_json_names_the_file_and_key(
+    patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object, message: str
+) -> None:
+    """A wrong value in config.json (edited by hand) is reported with the file and its key, not as a
+    CLI option the user never gave (was: "--epochs 'three': expected an integer")."""
+    import json
+
+    from aeutils.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--val-limit", "4", "--max-steps", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    data = json.loads((run / "config.json").read_text())
+    data[key] = value
+    (run / "config.json").write_text(json.dumps(data))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {run / 'config.json'}: {message}"]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing rewritten
