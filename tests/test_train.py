@@ -350,16 +350,17 @@ def test_train_takes_a_config_object_and_keywords_alike(patch_dir: Path, tmp_pat
 
 def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "auto"
-    first = train(patch_dir, run, epochs=2, max_steps=3, resume="auto", **FAST)  # stopped inside the run
-    assert first.epochs_done == 1
+    first = train(patch_dir, run, epochs=2, max_steps=2, resume="auto", **FAST)  # stopped inside epoch 1 (3 steps)
+    assert (first.epochs_done, first.epoch_steps, first.history) == (0, 2, [])  # an unfinished epoch is not one
     again = train(patch_dir, run, epochs=2, max_steps=None, resume="auto", **FAST)  # a stop is not the recipe
     assert again.epochs_done == 2 and [r["epoch"] for r in again.history] == [1, 2]
+    assert again.global_step == 2 * again.steps_per_epoch
     with pytest.raises(TrainingError, match=r"other settings \(epochs 2 -> 3\); pass --resume \(resume=True\)"):
         train(patch_dir, run, epochs=3, resume="auto", **FAST)
     from aeutils.training import find_runs
 
     assert find_runs(tmp_path) == [run]
-    train(patch_dir, tmp_path / "short", epochs=3, max_steps=2, **FAST)  # unfinished: not picked up
+    train(patch_dir, tmp_path / "short", epochs=3, max_steps=again.steps_per_epoch, **FAST)  # unfinished: not picked up
     assert find_runs(tmp_path) == [run] and set(find_runs(tmp_path, finished=False)) == {run, tmp_path / "short"}
     from aeutils.checkpoint import CheckpointError, pick_checkpoint, pretrained_path
 
@@ -603,3 +604,86 @@ def test_a_hand_edited_config_json_names_the_file_and_key(
     err = capsys.readouterr().err
     assert err.splitlines() == [f"error: {run / 'config.json'}: {message}"]
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing rewritten
+
+
+def test_a_budget_stop_inside_an_epoch_resumes_there_and_ends_as_an_uninterrupted_run(
+    patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--time-budget stops inside an epoch do not count it as finished (was: "3 epochs" after 59 steps
+    instead of 87): last.pt keeps the position (steps into the epoch, RNG states), and rerunning the same
+    command, one step per call here (a budget of 1 us stops after each call's first step, so every
+    position inside and at the end of an epoch is a stop), ends with the uninterrupted run's step count,
+    bit-identical weights and log.csv rows; the run is marked finished only at the end."""
+    from aeutils.checkpoint import data_digest
+    from aeutils.cli import main
+    from aeutils.training import find_runs
+    from aeutils.training.logs import read_log
+
+    straight = train(patch_dir, tmp_path / "straight", epochs=2, **FAST)
+    per_epoch = straight.steps_per_epoch
+    assert per_epoch >= 3 and straight.global_step == 2 * per_epoch
+    run = tmp_path / "runs" / "budget"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "2", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--val-limit", "8", "--lr", "3e-3", "--time-budget", "0.000001"]
+    for step in range(1, 2 * per_epoch + 1):
+        assert main(argv) == 0
+        out = capsys.readouterr().out.strip().splitlines()[-1]
+        ck = load_checkpoint(run / "last.pt")
+        ts = ck.train_state
+        assert ts["global_step"] == step
+        epochs, into = divmod(step, per_epoch)
+        assert ts["epoch"] == ck.meta["epoch"] == epochs  # only whole epochs count
+        logged = read_log(run / "log.csv", 10**9)
+        assert [r["epoch"] for r in logged] == list(range(1, epochs + 1))  # a row per finished epoch, none for a partial one
+        if into:
+            assert ts["in_epoch"]["steps"] == into
+            assert out.startswith(f"stopped (time_budget) in epoch {epochs + 1} after {into} of its {per_epoch} steps")
+            assert "rerun the same command to continue" in out
+        else:
+            assert "in_epoch" not in ts and out.startswith(f"done (time_budget): {epochs} epochs, {step} steps")
+        assert find_runs(run.parent) == ([run] if step == 2 * per_epoch else [])  # finished only at the end
+    assert main(argv) == 0 and "done (nothing_to_do)" in capsys.readouterr().out
+    wa, wb = _weights(straight.last), _weights(run / "last.pt")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the whole training state too (optimiser moments, schedule, RNG states), not only the weights
+    ta, tb = load_checkpoint(straight.last).train_state, load_checkpoint(run / "last.pt").train_state
+    assert data_digest(ta) == data_digest(tb)
+    timing = {"train_seconds", "images_per_s", "val_seconds"}
+    with open(straight.out_dir / "log.csv") as fa, open(run / "log.csv") as fb:
+        ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in ra] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rb]
+
+
+def test_a_tampered_in_epoch_position_is_caught_by_the_checkpoint_digest(patch_dir: Path, tmp_path: Path) -> None:
+    """The position inside an epoch is part of last.pt's training state, so its sha256 covers it: a
+    changed step count is refused instead of silently replaying other batches."""
+    from aeutils.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    train(patch_dir, run, epochs=2, max_steps=2, **FAST)
+    payload = torch.load(run / "last.pt", weights_only=True)
+    assert payload["train_state"]["in_epoch"]["steps"] == 2
+    payload["train_state"]["in_epoch"]["steps"] = 1
+    torch.save(payload, run / "last.pt")
+    with pytest.raises(CheckpointError, match="training state .* do not match their stored sha256 digest"):
+        train(patch_dir, run, epochs=2, resume=True, **FAST)
+
+
+def test_a_stop_inside_an_epoch_with_loader_workers_resumes_exactly(patch_dir: Path, tmp_path: Path) -> None:
+    """With DataLoader workers (each seeded per epoch, augmenting in its own process) the continuation
+    loads and drops the batches already trained on, so every worker's RNG is where it would be: the
+    same weights as an uninterrupted run with the same workers."""
+    fast = {**FAST, "workers": 2, "verbose": False}
+    straight = train(patch_dir, tmp_path / "straight", epochs=2, **fast)
+    calls = 0
+    while True:
+        result = train(patch_dir, tmp_path / "budget", epochs=2, time_budget=1e-6, resume="auto", **fast)
+        if result.stopped == "nothing_to_do":
+            break
+        calls += 1
+        assert result.global_step == calls  # one step per call: stops inside and at the end of each epoch
+    assert calls == straight.global_step
+    wa, wb = _weights(straight.last), _weights(tmp_path / "budget" / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -104,8 +104,8 @@ def epoch_printed(epoch: int, epochs: int, *, start_epoch: int = 0, print_every:
     return epoch % every == 0 or epoch == start_epoch + 1 or epoch == epochs or stopped
 
 
-def epoch_bar(total: int, epoch: int, epochs: int) -> Any:
-    """A tqdm bar over an epoch's ``total`` steps (not left behind when done)."""
+def epoch_bar(total: int, epoch: int, epochs: int, done: int = 0) -> Any:
+    """A tqdm bar over an epoch's ``total`` steps, ``done`` of them already (not left behind when done)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
