@@ -687,3 +687,63 @@ def test_a_stop_inside_an_epoch_with_loader_workers_resumes_exactly(patch_dir: P
     assert calls == straight.global_step
     wa, wb = _weights(straight.last), _weights(tmp_path / "budget" / "last.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_full_disk_is_one_error_line_without_a_tensorboard_thread_traceback(
+    patch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The disk fills during epoch 2 (simulated: TensorBoard's record writes, which run in its writer
+    thread, and the atomic writes of log.csv / last.pt raise OSError(ENOSPC)): `train` ends with exactly
+    one error line (was: that line plus a writer-thread traceback), exit 2, and epoch 1's last.pt is kept."""
+    import errno
+    import threading
+
+    import aeutils.checkpoint
+    import aeutils.io
+    from tensorboard.summary.writer import record_writer
+
+    from aeutils.cli import main
+
+    full = {"now": False}
+
+    def no_space(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def guarded(original):  # type: ignore[no-untyped-def]
+        def write(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return no_space() if full["now"] else original(*args, **kwargs)
+        return write
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", guarded(record_writer.RecordWriter.write))
+    monkeypatch.setattr(aeutils.io, "atomic_write_bytes", guarded(aeutils.io.atomic_write_bytes))
+    monkeypatch.setattr(aeutils.checkpoint, "atomic_write_bytes", guarded(aeutils.checkpoint.atomic_write_bytes))
+    original_step = Trainer.step
+
+    def step(self, batch):  # type: ignore[no-untyped-def]
+        full["now"] = full["now"] or self.global_step == 3  # epoch 2 of 3-step epochs
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    thread_errors: list[BaseException] = []  # what reaches the process's thread exception hook (prints a traceback)
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    run = tmp_path / "run"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "3", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--val-limit", "4", "--log-every", "1"]
+    assert main(argv) == 2
+    for thread in threading.enumerate():  # the writer thread has died; let its exception hook finish printing
+        if type(thread).__name__ == "_AsyncWriterThread":
+            thread.join(10)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {run / 'tensorboard'}: No space left on device"], err
+    assert thread_errors == []
+    assert load_checkpoint(run / "last.pt").meta["epoch"] == 1  # the last good checkpoint is kept
+    # full from the start of a call: the TensorBoard writer cannot even be opened, and the same holds
+    full["now"] = True
+    assert main(["train", str(patch_dir), *argv[2:3], str(tmp_path / "other"), *argv[4:]]) == 2
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_AsyncWriterThread":
+            thread.join(10)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "No space left on device" in err, err
+    assert thread_errors == []

@@ -24,7 +24,8 @@ from aeutils.training.config import TrainConfig, config_differences
 from aeutils.training.datasets import RunData, check_manifest, run_data, val_batches
 from aeutils.training.distributed import from_rank0, rank0_says, rank_device, setup_process_group, share_buffers
 from aeutils.training.logs import (
-    LOG_NAME, epoch_bar, epoch_line, epoch_printed, log_epoch, log_step, open_writer, read_log, write_log,
+    LOG_NAME, close_writer, epoch_bar, epoch_line, epoch_printed, log_epoch, log_step, open_writer, read_log,
+    write_log,
 )
 from aeutils.training.rng import seed_everything
 from aeutils.training.runs import CONFIG_NAME, read_run_config, resume_decision, write_run_config
@@ -388,9 +389,12 @@ def _run_epochs(run: _Run) -> int:
                 dist.barrier()
             if run.stopped != "epochs":
                 break
-    finally:
+    except BaseException:
         if run.writer is not None:
-            run.writer.close()
+            close_writer(run.writer, quiet=True)  # the first error (e.g. a full disk) is the one reported
+        raise
+    if run.writer is not None:
+        close_writer(run.writer)
     return run.epochs_done
 
 
