@@ -171,7 +171,8 @@ def test_ddp_backend_follows_the_rank_device(monkeypatch: pytest.MonkeyPatch) ->
     import aeutils.training.distributed as tr
 
     seen: list[str] = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a GPU host
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a 2-GPU host
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(tr.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(tr.dist, "init_process_group", lambda backend: seen.append(backend))
     monkeypatch.setattr(tr.dist, "get_rank", lambda: 1)
