@@ -377,7 +377,7 @@ def _run_epochs(run: _Run) -> int:
         for epoch in range(run.start_epoch, cfg.epochs if run.stopped == "epochs" else run.start_epoch):
             loss_sum, n, seconds, whole = _train_epoch(run, epoch, budget_start, run.in_epoch)
             run.in_epoch = {} if whole else {"steps": n, "loss_sum": loss_sum, "seconds": seconds}
-            if whole and world > 1:  # DDP keeps BN running stats per rank; make rank 0's the shared ones
+            if world > 1:  # DDP keeps BN running stats per rank; make rank 0's (the saved ones) the shared ones
                 share_buffers(run.trainer.module)
             if run.rank == 0:
                 if whole:
