@@ -12,7 +12,7 @@ Modules (each one idea):
     introspect  shapes, parameters, FLOPs and receptive field of a model (notebook 02)
     checkpoint  safe, atomic checkpoints (weights + config + metadata)
     data        PyTorch datasets over extracted patches, splits, augmentations, sample-slide patches
-    metrics     per-image PSNR and SSIM (torchmetrics)
+    metrics     metrics and judges: psnr/ssim (torchmetrics), the SR judges and bootstrap intervals
     training    the trainer: ``train()`` and ``TrainConfig`` (the ``train`` command), single GPU / CPU / torchrun
                 DDP; a package: config, step, rng, trainer, datasets, distributed, runs, logs, loop, cli
     encoding    running a model over a batch of patches (``encode_batch`` -> ``EncodedBatch``, ``rgb_batch``)
@@ -20,17 +20,15 @@ Modules (each one idea):
     slidemap    whole-slide encoding maps as pyramidal TIFFs (the ``encode`` command); a package: geometry,
                 sources, tiles, stats, store, pyramid, figure, encode_slide(), CLI
     slide_explorer  the slide-level ipywidgets explorer linked to an encoding map
-    loss        EncodingLoss (the encoder as a perceptual loss) and the VGG baseline
+    losses      every loss: EncodingLoss (the encoder as a perceptual loss), the random-encoder control,
+                the ImageNet baselines (VGG19 file, EfficientNet-Lite0, VGG16-HED), ReconstructionLoss
     sensitivity evidence: a loss's response to lost detail vs to nuisances
-    sr          a small x4 super-resolution network and its training loop
-    srbench     the SR content-loss comparison (arms, one validation weight rule, judges; ``bench/sr_losses.py``)
-    resample    bicubic down/up scaling shared by sr and sensitivity
+    sr          x4 super-resolution: the degradation, the bench's small SRNet, the content-loss comparison
     device      one helper that picks cuda > mps > cpu
     speed       the fastest way to run a model here (fp32 / channels_last / bf16 autocast), chosen by measurement
     tiffread    tiled TIFF/SVS strips decoded straight from the tiles, where verified identical to OpenSlide
     io          atomic file writes
     sample      the bundled sample slides (CMU skin, prostate), checksum-verified
-    baselines   ImageNet-feature content losses for the SR comparison (the optional ``[baselines]`` extra)
     errors      the exception types (one clear line each; the CLI prints them as ``error: ...``)
     cli         ``python -m aeutils <command>``: extract, manifest, train, figures, encode
 
@@ -56,11 +54,11 @@ _LAZY = {
     "train": "aeutils.training",
     "encode_slide": "aeutils.slidemap",
     "TrainConfig": "aeutils.training",
-    "EncodingLoss": "aeutils.loss",
+    "EncodingLoss": "aeutils.losses",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aeutils.loss import EncodingLoss
+    from aeutils.losses import EncodingLoss
     from aeutils.model import Autoencoder
     from aeutils.patches import extract
     from aeutils.slidemap import encode_slide

@@ -10,7 +10,7 @@ sides s = 1 (mod 4) round-trip exactly (65, 181, 257, ...): 181 -> 91 -> 46 -> 9
 Other sides raise ``ValueError`` naming the nearest valid ones. The rule is a *decoding* rule:
 :meth:`Autoencoder.encoder_forward` encodes any side (a whole-slide tile: :mod:`aeutils.slidemap`).
 Integer input (uint8 0-255) raises ``TypeError`` naming the conversion ``x.float() / 255``: one check,
-:func:`_check_batch`, for the model, :class:`aeutils.loss.EncodingLoss` and :func:`aeutils.encoding.encode_batch`.
+:func:`_check_batch`, for the model, :class:`aeutils.losses.EncodingLoss` and :func:`aeutils.encoding.encode_batch`.
 
 Looking inside a model (shapes, FLOPs, receptive field) is :mod:`aeutils.introspect`.
 """
@@ -121,7 +121,7 @@ def check_size(height: int, width: int) -> None:
 
 
 def _check_batch(x: torch.Tensor, channels: int = 3, name: str = "x") -> None:
-    """The one input check of everything that encodes (the model, :class:`aeutils.loss.EncodingLoss`,
+    """The one input check of everything that encodes (the model, :class:`aeutils.losses.EncodingLoss`,
     :func:`aeutils.encoding.encode_batch`): ``x`` must be an Nx(channels)xHxW float tensor (RGB in
     [0, 1]). Not a tensor or an integer dtype (uint8 0-255): ``TypeError`` naming the conversion
     ``x.float() / 255``; another shape: ``ValueError``. ``name`` is how messages call ``x``.
@@ -209,7 +209,7 @@ class Autoencoder(nn.Module):
         """One encoder pass over an input of **any** size: ``(latent, {tap: activation})``.
 
         The one place "normalise, then run the stages" is written: :meth:`encode`,
-        :meth:`encode_features`, :class:`aeutils.loss.EncodingLoss` and :mod:`aeutils.slidemap` all
+        :meth:`encode_features`, :class:`aeutils.losses.EncodingLoss` and :mod:`aeutils.slidemap` all
         call it. ``x``: Nx3xHxW RGB in [0, 1], H, W >= 1 pixels (no 4k+1 rule: the encoder is fully
         convolutional; latent side ``ceil(ceil(H/2)/2)``, latent pixel ``j`` centred on input pixel
         ``4j``), computed in ``x``'s dtype. ``taps``: names from :data:`STAGES` whose activations are

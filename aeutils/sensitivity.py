@@ -1,6 +1,6 @@
 """Evidence for a perceptual loss: how it responds to graded degradations an SR model must fix (blur,
 bicubic down-up, noise) versus nuisances it should not be punished for (a 1-pixel shift, a few percent
-brightness, a slight stain shift), for the trained encoder (:class:`aeutils.loss.EncodingLoss`), the same
+brightness, a slight stain shift), for the trained encoder (:class:`aeutils.losses.EncodingLoss`), the same
 encoder with random weights (the control) and pixel MSE. :func:`sensitivity_table` computes it;
 ``bench/loss_sensitivity.py`` and notebook 05 print it.
 """
@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from aeutils.loss import EncodingLoss
+from aeutils.losses import EncodingLoss
 from aeutils.model import STAGES, Autoencoder, check_size
-from aeutils.resample import bicubic_down, bicubic_up
+from aeutils.sr.degrade import bicubic_down, bicubic_up
 
 
 #: degradations an SR model must fix: name -> severity grades (blur: Gaussian sigma in pixels;

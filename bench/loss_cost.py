@@ -84,7 +84,7 @@ def measure(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     from aeutils.device import pick_device
-    from aeutils.loss import EncodingLoss, VGGContentLoss
+    from aeutils.losses import EncodingLoss, VGGContentLoss
     from aeutils.model import check_size
 
     check_size(args.size, args.size)
@@ -100,7 +100,7 @@ def measure(argv: list[str] | None = None) -> dict:
         losses[_tap_label(taps)] = EncodingLoss(layer_weights={t: 1.0 for t in taps.split("+")}, **kw).to(dev)
     if not (args.no_unfused or args.smoke):
         losses["EncodingLoss(fuse=False)"] = EncodingLoss(fuse=False, **kw).to(dev)
-    from aeutils import baselines
+    from aeutils.losses import imagenet as baselines
 
     for name, build in (("EfficientNet-Lite0", baselines.efficientnet_lite0_loss), ("VGG16 (HED)", baselines.vgg16_hed_loss)):
         try:
@@ -147,7 +147,7 @@ def measure(argv: list[str] | None = None) -> dict:
         print(f"{row}: conv GMACs per image {gmacs[row]:.2f}")
     if "EncodingLoss(fuse=False)" in med:
         print(f"BN folding speed-up: {med['EncodingLoss(fuse=False)'] / med['EncodingLoss']:.2f}x")
-    from aeutils.srbench import cpu_name
+    from aeutils.sr.bench import cpu_name
 
     print(f"CPU: {cpu_name()}")
     return {"median_s": med, "ratios": ratios, "gmacs": gmacs, "device": str(dev), "cpu": cpu_name()}

@@ -43,7 +43,7 @@ class SensitivityBench:
 
     def report(self) -> str:
         """What the command prints: model, CPU, table, verdict."""
-        from aeutils.loss import DEFAULT_LAYER_WEIGHTS
+        from aeutils.losses.encoding import DEFAULT_LAYER_WEIGHTS
 
         c = self.cpu
         flags = f"AVX512_BF16 {'yes' if c['avx512_bf16'] else 'no'}, AMX {'yes' if c['amx_bf16'] else 'no'}"

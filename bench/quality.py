@@ -13,7 +13,7 @@ choice; ``--split val`` scores the validation half instead), it compares, in PSN
 * JPEG (Pillow, 4:2:0, optimised Huffman tables) at the encoding's byte budgets: per patch, the
   quality whose file is the largest that fits in 8464 bytes (float32 latent) / 4232 bytes (float16).
 
-Downsampling is antialiased bicubic (``aeutils.resample.bicubic_down``),
+Downsampling is antialiased bicubic (``aeutils.sr.degrade.bicubic_down``),
 upsampling plain bicubic, clamped to [0, 1]. Prints a markdown table ready for the README.
 
     python bench/quality.py                      # the shipped model, 24 test patches per bundled slide
@@ -39,7 +39,7 @@ def bicubic_baseline(images: torch.Tensor, side: int) -> torch.Tensor:
     """Downsample Nx3xHxW images in [0, 1] to Nx3x``side``x``side`` (antialiased bicubic), store that
     thumbnail as 8-bit (3*side*side bytes), and upsample back to HxW (bicubic), clamped to [0, 1]:
     what a ``side``-pixel thumbnail can reconstruct."""
-    from aeutils.resample import bicubic_down, bicubic_up
+    from aeutils.sr.degrade import bicubic_down, bicubic_up
 
     small = (bicubic_down(images, (side, side)) * 255).round() / 255
     return bicubic_up(small, size=tuple(images.shape[-2:]))

@@ -6,8 +6,8 @@
     python bench/sr_losses.py --checkpoint run/best.pt --arms mse,encoding --val-only   # judge an encoder on validation
     python bench/sr_losses.py --smoke                # seconds (pytest runs this)
 
-The command line over :mod:`aeutils.srbench` (arms, the validation weight rule, the judges, the goal:
-see its docstring). Arms, all the same :class:`aeutils.sr.SRNet` (16 channels, 2 blocks: sized for a
+The command line over :mod:`aeutils.sr.bench` (arms, the validation weight rule, the judges, the goal:
+see its docstring). Arms, all the same :class:`aeutils.sr.network.SRNet` (16 channels, 2 blocks: sized for a
 CPU), seed, training data and steps, trained on the bundled slides' training regions (64 HR patches
 of 64 px per slide, batch 4, bicubic x4 LR); judged on 128 px images (12 validation, 8 test per slide).
 Each content arm's weight (and, for the encoder arms ``encoding`` and ``random`` alike, its tap set) is
@@ -15,7 +15,7 @@ chosen on the **validation** regions by one rule: rising multiples of a matched 
 leaves the budget, then the best validation ST-LPIPS within 0.3 dB PSNR of ``mse``. Writes
 ``OUT/hr/NAME.png``, ``OUT/bicubic/NAME.png``, ``OUT/<arm>/NAME.png`` (all the size of hr) and
 ``OUT/crops.png`` (the same crops for every arm). :func:`main` returns the numbers as data
-(:class:`aeutils.srbench.SRBenchResult`).
+(:class:`aeutils.sr.bench.SRBenchResult`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aeutils.errors import AeutilsError  # noqa: E402
-from aeutils.srbench import (  # noqa: E402,F401  (re-exported for tests and users)
+from aeutils.sr.bench import (  # noqa: E402,F401  (re-exported for tests and users)
     ARMS, DEFAULT_STEPS, GRID, JUDGES, NORMALIZES, TAPS, SRBenchResult, choose, choose_weight, format_table, goal,
     goal_line, load_eval_images, run,
 )

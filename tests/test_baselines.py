@@ -1,12 +1,12 @@
-"""aeutils.baselines: the ImageNet content losses load their packaged weights offline and behave like
+"""aeutils.losses.imagenet: the ImageNet content losses load their packaged weights offline and behave like
 EncodingLoss (scalar, frozen, gradient to pred only). Skipped without the [baselines] extra."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from aeutils import baselines
-from aeutils.loss import EncodingLoss
+from aeutils.losses import imagenet as baselines
+from aeutils.losses import EncodingLoss, random_encoding_loss
 
 
 def _pair(side: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +55,7 @@ def test_efficientnet_lite0_loss():
 
 def test_random_encoding_loss_differs_from_trained():
     trained = EncodingLoss()
-    rand = baselines.random_encoding_loss(trained)
+    rand = random_encoding_loss(trained)
     assert rand.layer_weights == trained.layer_weights and rand.normalize == trained.normalize
     w_t = next(trained.encoder.parameters())
     w_r = next(rand.encoder.parameters())

@@ -1,4 +1,4 @@
-"""bench/sr_losses.py (over aeutils.srbench) --smoke: every arm trains, the weight rule and the judges
+"""bench/sr_losses.py (over aeutils.sr.bench) --smoke: every arm trains, the weight rule and the judges
 return numbers as data."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_choose_weight_rule():
 
 
 def test_weight_search_stops_at_the_budget():
-    from aeutils.srbench import weight_search
+    from aeutils.sr.bench import weight_search
 
     psnr = {0.1: 26.0, 0.3: 25.9, 1.0: 25.8, 3.0: 25.75, 10.0: 25.0, 30.0: 24.0}
     calls = []
@@ -103,7 +103,7 @@ def test_eval_images_folder(tmp_path):
 def test_choose_threads_measures_both():
     import torch
 
-    from aeutils.srbench import choose_threads
+    from aeutils.sr.bench import choose_threads
 
     hr = torch.rand(2, 3, 16, 16)
     n, per_step = choose_threads(hr, None, batch_size=2, channels=4, n_blocks=1, steps=1, rounds=1)

@@ -9,7 +9,7 @@ from torch import nn
 
 from aeutils.checkpoint import save_checkpoint
 from aeutils.errors import AeutilsError, CheckpointError
-from aeutils.loss import EncodingLoss, VGGContentLoss
+from aeutils.losses import EncodingLoss, VGGContentLoss
 from aeutils.sensitivity import SensitivityResult, degrade, sensitivity_table
 from aeutils.model import STAGES, Autoencoder, AutoencoderConfig
 
@@ -387,7 +387,7 @@ def test_no_nan_on_flat_images(model, normalize):
 def test_basicsr_recipe_loop(model, gt_size):
     """The shape of BasicSR's SRModel.optimize_parameters: net_g(lq) -> output, pixel loss +
     perceptual loss on (output, gt), backward, optimizer step; gt crops of gt_size px (x4)."""
-    from aeutils.sr import SRNet
+    from aeutils.sr.network import SRNet
 
     torch.manual_seed(0)
     device = torch.device("cpu")

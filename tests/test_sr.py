@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aeutils.loss import EncodingLoss
+from aeutils.losses import EncodingLoss
 from aeutils.model import Autoencoder, AutoencoderConfig
-from aeutils.sr import DEFAULT_ENCODING_WEIGHT, SRNet, downscale, encoder_crop, evaluate_sr, format_results, train_sr, upscale_bicubic
+from aeutils.sr.network import DEFAULT_ENCODING_WEIGHT, SRNet, downscale, encoder_crop, evaluate_sr, format_results, train_sr, upscale_bicubic
 
 
 def _smooth_patches(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -36,11 +36,11 @@ def test_untrained_net_is_bicubic():
 
 
 def test_one_bicubic_everywhere_matches_plain_interpolate():
-    """sr and loss.degrade resample through aeutils.resample; values equal the direct F.interpolate calls."""
+    """sr and loss.degrade resample through aeutils.sr.degrade; values equal the direct F.interpolate calls."""
     from torch.nn.functional import interpolate
 
     from aeutils.sensitivity import degrade
-    from aeutils.resample import bicubic_up
+    from aeutils.sr.degrade import bicubic_up
 
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     lr = interpolate(x, size=(12, 12), mode="bicubic", antialias=True, align_corners=False)

@@ -1,5 +1,6 @@
-"""The encoder as a histology perceptual loss (:class:`EncodingLoss`), the ImageNet-VGG19 baseline it
-replaces (:class:`VGGContentLoss`). The evidence for it lives in :mod:`aeutils.sensitivity`.
+"""The encoder as a histology perceptual loss (:class:`EncodingLoss`). The ImageNet baselines it
+replaces live in :mod:`aeutils.losses.imagenet`; the evidence for it in :mod:`aeutils.sensitivity`
+and :mod:`aeutils.sr.bench`.
 
 Super-resolution networks for H&E slides are usually scored with VGG19 features trained on ImageNet
 photographs. :class:`EncodingLoss` compares images through the frozen encoder of an autoencoder trained on
@@ -18,6 +19,9 @@ from torch import nn
 
 from aeutils import speed as _speed
 from aeutils.errors import CheckpointError
+from aeutils.losses.common import (
+    CRITERIA, INSTANCE_EPS, _check_criterion, _check_pair, _fuse_conv_bn, _Frozen, _instance_norm, _pointwise,
+)
 from aeutils.model import STAGES, Autoencoder, _check_batch
 
 #: default tap weights: the first stage (1/2 resolution) is the most detail-sensitive tap and the deeper
@@ -27,74 +31,9 @@ DEFAULT_LAYER_WEIGHTS: dict[str, float] = {"stage1": 1.0, "stage2": 0.0, "stage3
 #: default feature normalisation: per-image, per-channel standardisation ("instance") removed most of
 #: the brightness/stain response for trained and random encoders alike in the sensitivity bench
 DEFAULT_NORMALIZE = "instance"
-CRITERIA = ("l1", "l2")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: VGG19 ``features[:12]`` ends at relu3_1, the layer the original SRGAN code used
-VGG_LAYERS = 12
 #: smallest side :class:`EncodingLoss` takes (pixels): its 1/4-resolution taps are then 4x4, enough
 #: pixels for the per-image statistics of ``normalize="instance"``
 MIN_SIDE = 16
-#: added to the variance before the square root in ``normalize="instance"``: a constant feature map
-#: (a dead ReLU channel, a flat white crop) gets a finite gradient, not 0/0
-INSTANCE_EPS = 1e-8
-
-
-def _check_criterion(criterion: str) -> str:
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
-    return criterion
-
-
-def _pointwise(criterion: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a - b| ("l1") or (a - b)^2 ("l2"), elementwise."""
-    return (a - b).abs() if criterion == "l1" else (a - b).square()
-
-
-def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
-    """Both are batches the encoder takes (:func:`aeutils.model._check_batch`: integer dtype ->
-    ``TypeError``, other shape -> ``ValueError``), of one shape."""
-    _check_batch(pred, name="pred")
-    _check_batch(target, name="target")
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
-
-
-def _instance_norm(a: torch.Tensor) -> torch.Tensor:
-    """Each channel of each image standardised over its pixels (float32 arithmetic, finite gradient
-    for constant maps: ``sqrt(var + INSTANCE_EPS)``)."""
-    mean = a.mean(dim=(2, 3), keepdim=True)
-    var = a.var(dim=(2, 3), keepdim=True, unbiased=False)
-    return (a - mean) / (var + INSTANCE_EPS).sqrt()
-
-
-def _fuse_conv_bn(module: nn.Module) -> nn.Module:
-    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in an ``nn.Sequential`` into
-    that conv (exact in eval mode; fewer passes over memory). Works in place on a copy; returns it."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    for child in module.modules():
-        if isinstance(child, nn.Sequential):
-            for i in range(len(child) - 1):
-                conv, bn = child[i], child[i + 1]
-                if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
-                    child[i] = fuse_conv_bn_eval(conv, bn)
-                    child[i + 1] = nn.Identity()
-    return module
-
-
-class _Frozen(nn.Module):
-    """Mixin behaviour: always eval mode, no trainable parameters."""
-
-    def _freeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> "_Frozen":
-        """Ignored: a frozen loss stays in eval mode (BatchNorm never uses batch statistics), even
-        when the SR model that owns it calls ``.train()``."""
-        return super().train(False)
 
 
 class EncodingLoss(_Frozen):
@@ -139,7 +78,7 @@ class EncodingLoss(_Frozen):
     ``(perceptual, style)`` pair); put this in a module imported before the model is built::
 
         from basicsr.utils.registry import LOSS_REGISTRY
-        from aeutils.loss import EncodingLoss   # BasicSR moves the loss with the model (.to(device))
+        from aeutils.losses import EncodingLoss   # BasicSR moves the loss with the model (.to(device))
 
         @LOSS_REGISTRY.register()
         class HistoEncodingLoss(EncodingLoss):
@@ -268,79 +207,3 @@ class EncodingLoss(_Frozen):
         _check_pair(pred, target)
         per_image = self._per_image(pred, target, self.speed_choice(pred))
         return per_image.mean() if self.reduction == "mean" else per_image
-
-
-class VGGContentLoss(_Frozen):
-    """The baseline :class:`EncodingLoss` replaces: ImageNet-VGG19 ``features[:12]`` (up to relu3_1,
-    the original SRGAN code's content layer), ImageNet normalisation inside, same call convention:
-    ``loss = VGGContentLoss(weights=path)(pred, target)``, Nx3xHxW RGB in [0, 1] (H, W >= 4), scalar.
-
-    Args:
-        weights: a LOCAL file holding a VGG19 state dict (torchvision's ``vgg19-dcbb9e9d.pth`` with
-            ``features.N.*`` keys, or just the ``features`` part with ``N.*`` keys). Nothing is ever
-            downloaded; a missing or wrong file raises :class:`~aeutils.errors.CheckpointError` naming it.
-        random_weights: explicitly use random initialisation instead (for timing only).
-        criterion: ``"l2"`` (SRGAN's MSE, default) or ``"l1"``.
-        weight: overall factor.
-    """
-
-    def __init__(
-        self,
-        weights: str | os.PathLike[str] | None = None,
-        *,
-        random_weights: bool = False,
-        criterion: str = "l2",
-        weight: float = 1.0,
-    ) -> None:
-        super().__init__()
-        if weights is None and not random_weights:
-            raise CheckpointError(
-                "VGGContentLoss needs a local VGG19 weights file (weights=path/to/vgg19-dcbb9e9d.pth); "
-                "nothing is downloaded. Pass random_weights=True only for timing."
-            )
-        if weights is not None and random_weights:
-            raise ValueError("give either weights= or random_weights=True, not both")
-        # == torchvision.models.vgg19(weights=None).features[:12], without building (and randomly
-        # initialising) the 120M-parameter classifier we would throw away
-        from torchvision.models.vgg import cfgs, make_layers
-
-        self.features = make_layers(cfgs["E"], batch_norm=False)[:VGG_LAYERS]
-        if weights is not None:
-            self._load(Path(weights))
-        self.criterion, self.weight = _check_criterion(criterion), float(weight)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._freeze()
-
-    def _load(self, path: Path) -> None:
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such VGG19 weights file (give a local torchvision vgg19 state dict)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise CheckpointError(f"{path}: not a readable VGG19 state dict ({first[:120]})") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: expected a VGG19 state dict, found {type(state).__name__}")
-        if any(str(k).startswith("features.") for k in state):
-            state = {k[len("features."):]: v for k, v in state.items() if str(k).startswith("features.")}
-        own = self.features.state_dict()
-        missing = sorted(set(own) - set(state))
-        wrong = [k for k in own if k in state and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
-        if missing or wrong:
-            what = f"missing {missing[:3]}" if missing else f"shape mismatch at {wrong[0]}"
-            raise CheckpointError(f"{path}: not VGG19 weights ({what})")
-        self.features.load_state_dict({k: state[k] for k in own})
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Scalar: ``weight * mean(crit(vgg(pred), vgg(target)))``."""
-        _check_pair(pred, target)
-        if min(pred.shape[-2:]) < 4:
-            raise ValueError(f"VGGContentLoss needs images of at least 4x4 pixels, got {tuple(pred.shape[-2:])}")
-        with torch.no_grad():
-            ft = self.features((target.detach() - self.mean) / self.std)
-        fp = self.features((pred - self.mean) / self.std)
-        return _pointwise(self.criterion, fp, ft).mean() * self.weight
-

