@@ -54,7 +54,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d["seed"])
     parser.add_argument("--max-steps", type=int, default=d["max_steps"],
                         help="stop after this many optimiser steps in total")
-    parser.add_argument("--time-budget", default=d["time_budget"], help="stop after this long: seconds, or 45m, 1.5h")
+    parser.add_argument("--time-budget", default=d["time_budget"], help="stop after this long: seconds, or 45m, 1.5h (also inside an epoch: rerunning the same "
+                             "command continues that epoch where it stopped)")
     parser.add_argument("--val-limit", type=int, default=d["val_limit"],
                         help=f"validate on at most N patches (0: all; default {d['val_limit']})")
     parser.add_argument("--channels-last", choices=tuple(_TRI), default=_TRI_NAME[d["channels_last"]],
@@ -95,11 +96,11 @@ def _done_line(result: TrainResult) -> str:
     outputs are; a stop inside an epoch says how far it got and that rerunning continues it."""
     f = result.final
     if result.epoch_steps:
-        where = (f"stopped ({result.stopped}) in epoch {result.epochs_done + 1} after {result.epoch_steps} of its "
-                 f"{result.steps_per_epoch} steps: {result.epochs_done} epochs finished, {result.global_step} steps "
-                 f"in {result.seconds:.0f} s; rerun the same command to continue from there")
-        scores = (f"; last val PSNR {f['val_psnr']:.2f} dB, SSIM {f['val_ssim']:.4f} (epoch {f['epoch']})"
-                  if f else "")
+        done = result.epochs_done
+        where = (f"stopped ({result.stopped}) in epoch {done + 1} after {result.epoch_steps} of its "
+                 f"{result.steps_per_epoch} steps: {done} finished epoch{'' if done == 1 else 's'}, "
+                 f"{result.global_step} steps in {result.seconds:.0f} s; rerun the same command to continue from there")
+        scores = f"; last val PSNR {f['val_psnr']:.2f} dB, SSIM {f['val_ssim']:.4f} (epoch {f['epoch']})" if f else ""
         return f"{where}{scores}; checkpoint {result.last}"
     if not f:
         return f"done ({result.stopped}): nothing to train; checkpoints in {result.out_dir}"

@@ -67,7 +67,8 @@ class TrainConfig:
         device: default :func:`aeutils.device.pick_device`. workers: DataLoader processes.
         seed: initial weights, shuffling and augmentation.
         max_steps, time_budget: optional stops (total optimiser steps; seconds of this call, or a
-            string "90s", "45m", "1.5h").
+            string "90s", "45m", "1.5h"). A stop inside an epoch does not finish it: ``last.pt``
+            keeps the position and a resumed call trains exactly the rest of that epoch.
         val_limit: validate on at most this many patches (evenly spaced; None or 0: all, stored as
             None, as ``--val-limit 0``; there is no "no validation").
         channels_last, amp: speed options; True/False force one; None (default): on CUDA both on (amp:
