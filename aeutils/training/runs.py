@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aeutils.errors import TrainingError
 from aeutils.io import atomic_write_text
-from aeutils.training.config import SettingError, TrainConfig, config_differences
+from aeutils.training.config import TrainConfig, config_differences
 
 __all__ = ["CONFIG_NAME", "write_run_config", "read_run_config", "resume_decision", "find_runs"]
 
@@ -25,6 +25,8 @@ def write_run_config(out: Path, patches_dir: Path, config: TrainConfig) -> Path:
 def read_run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
     """``(patches_dir, TrainConfig)`` from a run folder's ``config.json``; TrainingError naming the file
     (and the key, for a value of the wrong type or out of range, e.g. a hand edit) if unreadable."""
+    from aeutils.training.config import SettingError
+
     path = Path(run_dir) / CONFIG_NAME
     try:
         data = json.loads(path.read_text())
