@@ -14,7 +14,8 @@ Modules (each one idea):
     data        PyTorch datasets over extracted patches, splits, augmentations, sample-slide patches
     metrics     metrics and judges: psnr/ssim (torchmetrics), the SR judges and bootstrap intervals
     training    the trainer: ``train()`` and ``TrainConfig`` (the ``train`` command), single GPU / CPU / torchrun
-                DDP; a package: config, step, rng, trainer, datasets, distributed, runs, logs, loop, cli
+                DDP; a package: config, step, rng, trainer, datasets, distributed, runs (the run folder, find_runs,
+                pick_checkpoint: which model notebooks 04/05 use), logs, loop, cli
     encoding    running a model over a batch of patches (``encode_batch`` -> ``EncodedBatch``, ``rgb_batch``)
     viz         views (numbers -> display arrays), figures (the ``figures`` command), the ipywidgets explorer
     slidemap    whole-slide encoding maps as pyramidal TIFFs (the ``encode`` command); a package: geometry,
@@ -28,6 +29,7 @@ Modules (each one idea):
     speed       the fastest way to run a model here (fp32 / channels_last / bf16 autocast), chosen by measurement
     tiffread    tiled TIFF/SVS strips decoded straight from the tiles, where verified identical to OpenSlide
     io          atomic file writes
+    nbparams    how values reach a notebook: full-size literals, then CI sizes, then MSCOPY_<NAME> (settle)
     sample      the bundled sample slides (CMU skin, prostate), checksum-verified
     errors      the exception types (one clear line each; the CLI prints them as ``error: ...``)
     cli         ``python -m aeutils <command>``: extract, manifest, train, figures, encode

@@ -340,29 +340,3 @@ def as_model(
         f"expected an Autoencoder, a checkpoint path or None, got {type(model_or_path).__name__}"
     )
 
-
-def pick_checkpoint(
-    checkpoint: str | os.PathLike[str] | None = None, runs_dir: str | os.PathLike[str] | None = None
-) -> tuple[Path, str]:
-    """Which model a notebook uses, and one line saying so: ``(path, line)``.
-
-    ``checkpoint`` if given (it must exist); else ``best.pt`` of the newest *finished* run under
-    ``runs_dir`` (notebook 03's runs: :func:`aeutils.training.find_runs`); else the shipped model
-    (:func:`pretrained_path`). Load it with :func:`as_model`.
-    """
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        return path, f"model: {path} (given)"
-    if runs_dir is not None:
-        from aeutils.training import find_runs
-
-        runs = find_runs(runs_dir)
-        if runs:
-            return runs[0] / "best.pt", f"model: {runs[0] / 'best.pt'} (notebook 03's newest finished run)"
-        why = f"no finished run under {runs_dir}"
-    else:
-        why = "no runs folder given"
-    path = pretrained_path()
-    return path, f"model: the shipped {path.name} ({why})"

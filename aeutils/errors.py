@@ -30,5 +30,9 @@ class TrainingError(AeutilsError):
     """Training cannot go on (non-finite loss, no data, ...); the last good checkpoint is kept."""
 
 
+class FolderBusyError(AeutilsError):
+    """An output folder another process is writing to (its lock file names that process's pid)."""
+
+
 class DeviceError(AeutilsError):
     """A compute device asked for (``--device``, ``$MSCOPY_DEVICE``) that this machine does not have."""

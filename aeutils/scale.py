@@ -243,8 +243,9 @@ def read_scaled(slide: Any, choice: ScaleChoice, x0: int, y0: int, w: int, h: in
 # CLI
 
 
-def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--level``, ``--mpp`` (mutually exclusive) and ``--assume-mpp`` to ``parser``."""
+def add_scale_arguments(parser: argparse.ArgumentParser, recorded: str = "manifest mpp_source 'assumed'") -> None:
+    """Add ``--level``, ``--mpp`` (mutually exclusive) and ``--assume-mpp`` to ``parser``; ``recorded``: where
+    the command records an assumed scale (``extract``: its manifest), said in ``--assume-mpp``'s help."""
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=None, help="pyramid level to read as is (default 0)")
     g.add_argument("--mpp", type=float, default=None,
@@ -252,7 +253,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
                         "downsampled (antialiased; never upsampled)")
     parser.add_argument("--assume-mpp", type=float, default=None, metavar="X",
                         help="the slides' level-0 microns/pixel, for files whose scale tag is missing or wrong "
-                             "(manifest mpp_source 'assumed')")
+                             f"({recorded})")
 
 
 def scale_kwargs(args: argparse.Namespace) -> dict[str, Any]:

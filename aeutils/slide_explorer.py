@@ -4,7 +4,7 @@ and its reconstruction, as :class:`aeutils.viz.Explorer` shows a patch.
 The slide's thumbnail (and, if given, its encoding map from ``python -m aeutils encode``, read back
 with :mod:`aeutils.slides`) show a box at the current patch. The location is chosen with the ``x`` /
 ``y`` sliders (patch centre, input pixels at the chosen scale), or by a click on either thumbnail
-(:meth:`SlideExplorer.click`; live mouse clicks need the optional ``ipyevents`` package, without it
+(:meth:`SlideExplorer.click`; live mouse clicks come through ``ipyevents``, in the notebooks extra; without it
 the sliders do the same). Each move reads one ``size`` px patch (:func:`aeutils.scale.read_scaled`),
 runs the model on it (:func:`aeutils.encoding.encode_batch`) and redraws one reused
 :class:`aeutils.viz.PatchPanel`: input | encoding view | reconstruction | error.
@@ -128,7 +128,11 @@ class SlideExplorer:
         self._hold = False
         self.encoded: Any = None
         scale = f"{self.mpp:.4g} \u00b5m/px" if self.mpp else "scale unknown"
-        pictures = [w.VBox([w.HTML("<b>slide</b> (click or use the sliders)"), self.thumb])]
+        self._events = self._connect_clicks()
+        how = "click or use the sliders" if self._events else "use the sliders; clicks need the ipyevents package"
+        self.thumb.add_class("mscopy-slide-thumb")
+        self.map.add_class("mscopy-slide-map")
+        pictures = [w.VBox([w.HTML(f"<b>slide</b> ({how})"), self.thumb])]
         if self._map is not None:
             pictures.append(w.VBox([w.HTML("<b>encoding map</b>"), self.map]))
         self.widget = w.VBox([
@@ -136,7 +140,7 @@ class SlideExplorer:
                    f"{self.size} px patches"),
             w.HBox(pictures), self.x, self.y, self.view, self.image, self.status,
         ])
-        self._events = self._connect_clicks()
+        self.widget.add_class("mscopy-slide-explorer")
         self.x.observe(self._on_move, names="value")
         self.y.observe(self._on_move, names="value")
         self.view.observe(self._on_view, names="value")

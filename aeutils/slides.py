@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from aeutils.errors import SlideError
+from aeutils.io import missing_reason
 
 __all__ = ["Slide", "open_slide"]
 
@@ -40,7 +41,7 @@ class Slide:
         self.path = Path(path)
         self.name = self.path.stem
         if not self.path.exists():
-            raise SlideError(f"{self.path}: no such file")
+            raise SlideError(f"{self.path}: {missing_reason(self.path)}")  # no such file, a dangling link, a loop
         if not self.path.is_file():
             raise SlideError(f"{self.path}: not a file")
         openslide = _openslide()

@@ -346,3 +346,16 @@ def test_a_flipped_byte_in_any_stored_tensor_is_caught(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError, match=r"flip\d+\.pt: corrupt checkpoint.*digest"):
             load_checkpoint(path)
         path.unlink()
+
+
+def test_checkpoint_does_not_import_the_trainer() -> None:
+    """No import cycle checkpoint -> training -> checkpoint: run discovery lives with the runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, aeutils.checkpoint as c; print('aeutils.training' in sys.modules, hasattr(c, 'pick_checkpoint'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+    from aeutils.training import BEST_NAME, LAST_NAME, pick_checkpoint  # where it is now
+
+    assert (LAST_NAME, BEST_NAME) == ("last.pt", "best.pt") and callable(pick_checkpoint)

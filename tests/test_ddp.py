@@ -64,7 +64,7 @@ def test_torchrun_two_cpu_ranks_end_identical(tmp_path: Path) -> None:
     assert torch.isfinite(torch.tensor(float(rows[-1]["val_psnr"])))
 
 
-def test_torchrun_time_budget_stop_is_rank0s_and_resumes_inside_the_epoch(tmp_path: Path) -> None:
+def test_20_2_torchrun_time_budget_stop_is_rank0s_and_resumes_inside_the_epoch(tmp_path: Path) -> None:
     """Each rank measures its own clock; rank 0's decides a --time-budget stop for both (here rank 1's
     clock is frozen, so it alone would never stop and would wait forever in the next step's all-reduce).
     The stop inside epoch 1 keeps the position, and the same command without the budget ends the run

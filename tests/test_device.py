@@ -34,7 +34,7 @@ def test_cuda_goes_to_this_ranks_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         pick_device("cuda:2", quiet=True)
 
 
-def test_a_missing_or_unknown_device_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_20_5_a_missing_or_unknown_device_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU here (pretended): cuda, mps, a made-up name, $MSCOPY_DEVICE: DeviceError naming it and what there is."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -55,7 +55,7 @@ def test_a_missing_or_unknown_device_is_one_error(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize("command", ["train", "encode"])
 @pytest.mark.parametrize("how", [["--device", "cuda"], ["--device", "banana"], ["MSCOPY_DEVICE=cuda"]])
-def test_cli_without_the_device_says_so_in_one_line(command: str, how: list[str], tmp_path: Path) -> None:
+def test_20_5_cli_without_the_device_says_so_in_one_line(command: str, how: list[str], tmp_path: Path) -> None:
     """`train` and `encode` asked for a device this machine lacks: exit 2, one error line, no traceback, nothing written."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flags = how if how[0].startswith("--") else []

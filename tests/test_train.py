@@ -363,9 +363,15 @@ def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: P
     assert find_runs(tmp_path) == [run]
     train(patch_dir, tmp_path / "short", epochs=3, max_steps=again.steps_per_epoch, **FAST)  # unfinished: not picked up
     assert find_runs(tmp_path) == [run] and set(find_runs(tmp_path, finished=False)) == {run, tmp_path / "short"}
-    from aeutils.checkpoint import CheckpointError, pick_checkpoint, pretrained_path
+    from aeutils.checkpoint import CheckpointError, pretrained_path, save_checkpoint
+    from aeutils.training import pick_checkpoint
 
-    assert pick_checkpoint(runs_dir=tmp_path) == (run / "best.pt", f"model: {run / 'best.pt'} (notebook 03's newest finished run)")
+    black = Autoencoder(TINY)
+    with torch.no_grad():
+        black.decoder[-1].bias.fill_(-100.0)  # every output pixel black: far worse than the run on validation
+    bad = save_checkpoint(tmp_path / "black.pt", black)
+    path, line = pick_checkpoint(runs_dir=tmp_path, reference=bad)
+    assert path == run / "best.pt" and line.startswith(f"model: notebook 03's run {run / 'best.pt'} (val PSNR"), line
     path, line = pick_checkpoint(runs_dir=tmp_path / "none")  # notebooks 04/05 before notebook 03 ran
     assert path == pretrained_path() and line.endswith(f"(no finished run under {tmp_path / 'none'})")
     assert pick_checkpoint(run / "last.pt", tmp_path)[0] == run / "last.pt"  # given wins
@@ -574,6 +580,35 @@ def test_a_finished_run_returns_at_once_and_touches_nothing(
         train(patch_dir, run, epochs=3, resume=True, **FAST)
 
 
+# --------------------------------------------------------------------------------------------- issue 20
+def test_20_3_a_second_train_into_a_busy_run_folder_is_refused(patch_dir: Path, tmp_path: Path) -> None:
+    """One writer per run folder: the second process gets one line naming the folder and the first one's pid."""
+    from aeutils.errors import FolderBusyError
+    from test_io import hold_lock, release
+
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(FolderBusyError) as info:
+            train(patch_dir, run, epochs=1, **FAST)
+    finally:
+        release(holder)
+    assert str(info.value).startswith(f"{run}: in use by another process (pid {holder.pid}")
+    assert not run.exists()  # nothing written, the folder the lock made removed again
+
+
+def test_20_14_temp_files_of_killed_checkpoint_writes_are_removed_by_the_rerun(patch_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(patch_dir, run, epochs=1, **FAST)
+    left = [run / ".last.pt.k2j4h6g8.tmp", run / ".best.pt.a1b2c3d4.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    (run / "mine.tmp").write_text("not ours")
+    assert train(patch_dir, run, epochs=2, resume=True, **FAST).epochs_done == 2
+    assert not any(p.exists() for p in left) and (run / "mine.tmp").exists()
+    assert not (run / ".aeutils.lock").exists()
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [("epochs", "three", 'key "epochs" is "three": expected an integer'),
@@ -582,7 +617,7 @@ def test_a_finished_run_returns_at_once_and_touches_nothing(
      ("time_budget", "soon", 'key "time_budget" is "soon": expected seconds or a number with s, m or h'),
      ("architecture", {"n_blocks": "x"}, "architecture: n_blocks='x': expected an integer")],
 )
-def test_a_hand_edited_config_json_names_the_file_and_key(
+def test_20_12_a_hand_edited_config_json_names_the_file_and_key(
     patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object, message: str
 ) -> None:
     """A wrong value in config.json (edited by hand) is reported with the file and its key, not as a
@@ -607,7 +642,7 @@ def test_a_hand_edited_config_json_names_the_file_and_key(
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing rewritten
 
 
-def test_a_budget_stop_inside_an_epoch_resumes_there_and_ends_as_an_uninterrupted_run(
+def test_20_2_a_budget_stop_inside_an_epoch_resumes_there_and_ends_as_an_uninterrupted_run(
     patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--time-budget stops inside an epoch do not count it as finished (was: "3 epochs" after 59 steps
@@ -657,7 +692,7 @@ def test_a_budget_stop_inside_an_epoch_resumes_there_and_ends_as_an_uninterrupte
         [{k: v for k, v in r.items() if k not in timing} for r in rb]
 
 
-def test_a_tampered_in_epoch_position_is_caught_by_the_checkpoint_digest(patch_dir: Path, tmp_path: Path) -> None:
+def test_20_2_a_tampered_in_epoch_position_is_caught_by_the_checkpoint_digest(patch_dir: Path, tmp_path: Path) -> None:
     """The position inside an epoch is part of last.pt's training state, so its sha256 covers it: a
     changed step count is refused instead of silently replaying other batches."""
     from aeutils.checkpoint import CheckpointError
@@ -672,7 +707,7 @@ def test_a_tampered_in_epoch_position_is_caught_by_the_checkpoint_digest(patch_d
         train(patch_dir, run, epochs=2, resume=True, **FAST)
 
 
-def test_a_stop_inside_an_epoch_with_loader_workers_resumes_exactly(patch_dir: Path, tmp_path: Path) -> None:
+def test_20_2_a_stop_inside_an_epoch_with_loader_workers_resumes_exactly(patch_dir: Path, tmp_path: Path) -> None:
     """With DataLoader workers (each seeded per epoch, augmenting in its own process) the continuation
     loads and drops the batches already trained on, so every worker's RNG is where it would be: the
     same weights as an uninterrupted run with the same workers."""
@@ -690,7 +725,7 @@ def test_a_stop_inside_an_epoch_with_loader_workers_resumes_exactly(patch_dir: P
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_full_disk_is_one_error_line_without_a_tensorboard_thread_traceback(
+def test_20_10_a_full_disk_is_one_error_line_without_a_tensorboard_thread_traceback(
     patch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The disk fills during epoch 2 (simulated: TensorBoard's record writes, which run in its writer
@@ -748,3 +783,45 @@ def test_a_full_disk_is_one_error_line_without_a_tensorboard_thread_traceback(
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "No space left on device" in err, err
     assert thread_errors == []
+
+
+def _fake_run(root: Path, patches: Path, val_psnr: float) -> Path:
+    """A finished run folder whose ``best.pt`` records ``val_psnr`` (what the trainer writes), without training."""
+    from aeutils.checkpoint import save_checkpoint
+    from aeutils.training import BEST_NAME, LAST_NAME, TrainConfig, write_run_config
+
+    cfg = TrainConfig(epochs=1, architecture=TINY, val_limit=2)  # 2 of the 3 validation patches
+    root.mkdir(parents=True)
+    write_run_config(root, patches, cfg)
+    model = Autoencoder(TINY)
+    metrics = {"val_psnr": val_psnr}
+    save_checkpoint(root / BEST_NAME, model, epoch=1, metrics=metrics)
+    save_checkpoint(root / LAST_NAME, model, epoch=1, metrics=metrics)
+    return root
+
+
+def test_pick_checkpoint_uses_notebook_03s_run_only_when_it_is_not_worse_than_the_shipped_model(
+    patch_dir: Path, tmp_path: Path
+) -> None:
+    from aeutils.checkpoint import pretrained_path
+    from aeutils.training import pick_checkpoint, validation_psnr
+
+    shipped, n = validation_psnr(pretrained_path(), _fake_run(tmp_path / "probe", patch_dir, 0.0))
+    assert n == 2 and 5 < shipped < 60  # the run's val_limit subset; a real reconstruction PSNR
+    runs = tmp_path / "runs"
+    flat = _fake_run(runs / "flat", patch_dir, shipped - 0.5)  # a smoke-sized run: worse on validation
+    path, line = pick_checkpoint(None, runs)
+    assert path == pretrained_path(), line
+    assert f"{shipped:.2f} dB" in line and f"{shipped - 0.5:.2f} dB, so it is not used" in line
+    good = _fake_run(runs / "good", patch_dir, shipped)  # newer, and a tie: the run is kept
+    assert pick_checkpoint(None, runs)[0] == good / "best.pt"
+    import shutil
+
+    shutil.rmtree(good)
+    moved = tmp_path / "moved"  # the run's patches are gone: no comparison, the shipped model, said why
+    shutil.copytree(patch_dir, moved)
+    gone = _fake_run(runs / "gone", moved, 99.0)
+    shutil.rmtree(moved)
+    path, line = pick_checkpoint(None, runs)
+    assert path == pretrained_path() and f"run {gone.name} could not be compared" in line and "is gone" in line
+    assert flat.exists()

@@ -39,7 +39,11 @@ Writes are atomic (temp file + rename) and the PNG encoding is deterministic, so
 manifest, or a full decode for unlisted ones) are skipped and the final tree is byte-identical to an
 uninterrupted run. Nothing is deleted silently: a rerun whose grid differs from the one a slide was
 extracted with is refused (``overwrite=True`` / ``--overwrite`` replaces it); a slide that fails
-mid-way has the files of this run removed; other slides' rows are kept only if their files exist.
+mid-way has the files of this run removed; other slides' rows are kept only if their files exist;
+``--overwrite`` never removes a file a manifest row names outside OUT (reported in one line). One writer
+per OUT (:func:`aeutils.io.folder_lock`, ``OUT/.aeutils.lock`` with the owner's pid): a second run is
+refused in one line naming the first; ``--shard K/N`` runs write beside each other (each locks its
+shard) but not beside an unsharded run. A run that holds OUT removes the temp files killed writes left.
 
 This package (and the ``extract`` command) never imports torch.
 """

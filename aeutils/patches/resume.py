@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 from aeutils.errors import PatchError
+from aeutils.io import TEMP_RE, path_inside
 from aeutils.manifest import SHARD_RE, read_raw_manifest, write_manifest
 from aeutils.patches.codec import manifest_row, png_complete
 from aeutils.patches.grid import LABEL_DIRS, GridCell, SlidePlan
 
 __all__ = ["OutFolder", "settings_diff", "scan", "check_out", "fold_shard_manifests"]
 
-_TMP_RE = re.compile(r"^\.(.+)\.[^.]+\.tmp$")  # .<target name>.<random>.tmp (aeutils.io.atomic_path)
+_TMP_RE = TEMP_RE  # .<target name>.<random>.tmp (aeutils.io.atomic_path)
 _PNG_RE = re.compile(r"^(.+)_(\d+)_(\d+)\.png$")
 
 
@@ -109,7 +110,7 @@ class OutFolder:
 
     def __init__(self, out: Path, manifest: Path, names: set[str], say: Callable[[str], None]):
         self.out, self.manifest, self.names, self.say = out, manifest, names, say
-        old_rows = read_raw_manifest(manifest)
+        old_rows = read_raw_manifest(manifest, say)
         self.on_disk, self.tmps = scan(out)
         self.old_by_slide: dict[str, list[dict[str, str]]] = {}
         for r in old_rows:
@@ -158,9 +159,18 @@ class OutFolder:
             raise PatchError(f"{out}: slide {name} was extracted here {why}; {lost}: use another --out, "
                              f"or --overwrite to replace them")
         if stale or diffs:
+            outside = []
             for rel in sorted(earlier):
-                (out / rel).unlink(missing_ok=True)
-            self.say(f"{name}: --overwrite: removed {len(earlier)} patches of an earlier run with other settings")
+                inside = path_inside(out, rel)
+                if inside is None:
+                    outside.append(rel)
+                else:
+                    inside.unlink(missing_ok=True)
+            if outside:
+                self.say(f"warning: {self.manifest}: {len(outside)} rows of slide {name} name files outside {out} "
+                         f"({outside[0]!r}{', ...' if len(outside) > 1 else ''}); left alone, rows dropped")
+            n = len(earlier) - len(outside)
+            self.say(f"{name}: --overwrite: removed {n} patches of an earlier run with other settings")
             self.old_by_slide.pop(name, None)
             self.on_disk.pop(name, None)
         for target, files in self.tmps.items():  # this slide's leftovers of an interrupted run

@@ -32,7 +32,10 @@ How (all sizes in *input pixels*: pixels at the scale chosen by :mod:`aeutils.sc
 * **Resume.** The work folder records the run's settings (slide, scale, model digest, tiling);
   rerunning the same command continues where it stopped, other settings restart it. The TIFF is
   written to a temporary name and renamed when complete: never a half-written file under the final
-  name. A finished map whose settings match is left as is ("up to date").
+  name. A finished map whose settings match is left as is ("up to date"); one made with other settings
+  (view, checkpoint, scale: :func:`~aeutils.slidemap.encode.map_differences`) is refused unless
+  ``overwrite`` (``--overwrite``). A damaged work file is encoded again. One writer per output folder
+  (:func:`aeutils.io.folder_lock`): a second ``encode`` into it is refused in one line naming the first.
 
 One module per idea (all sizes in input pixels unless named latent):
 

@@ -16,7 +16,7 @@ from aeutils.data import PatchDataset, read_image
 from aeutils.errors import TrainingError
 from aeutils.training.config import TrainConfig
 
-__all__ = ["RunData", "run_data", "check_manifest", "check_images", "loader_workers", "val_batches"]
+__all__ = ["RunData", "run_data", "val_dataset", "check_manifest", "check_images", "loader_workers", "val_batches"]
 
 
 @dataclass
@@ -74,20 +74,29 @@ class _From:
 def run_data(patches_dir: Path, cfg: TrainConfig, device: torch.device, world: int) -> RunData:
     """The :class:`RunData` of ``patches_dir``; TrainingError for fewer patches than one batch on every
     rank, PatchError (naming the file) for a missing or corrupt image."""
-    from torch.utils.data import Subset
-
     train_ds = PatchDataset(patches_dir, "train", crop=cfg.crop, stain_jitter=cfg.stain_jitter)
     if len(train_ds) < cfg.batch_size * world:
         raise TrainingError(
             f"{patches_dir}: {len(train_ds)} training patches, fewer than one batch ({cfg.batch_size} x {world} processes)"
         )
-    val_full = PatchDataset(patches_dir, "val", crop=_val_crop(train_ds, cfg.crop), augment=False)
-    val_ds: Any = val_full
-    if cfg.val_limit is not None and len(val_full) > cfg.val_limit:
-        val_ds = Subset(val_full, np.linspace(0, len(val_full) - 1, cfg.val_limit).round().astype(int).tolist())
+    val_ds = val_dataset(patches_dir, cfg, train_ds)
     workers = loader_workers(device, world) if cfg.workers is None else cfg.workers
     check_images(train_ds, val_ds)  # a corrupt patch is found now, not after an epoch of training
     return RunData(train_ds, val_ds, len(train_ds) // (cfg.batch_size * world), workers)
+
+
+def val_dataset(patches_dir: Path, cfg: TrainConfig, train_ds: PatchDataset | None = None) -> Any:
+    """The run's validation patches: the ``"val"`` role of ``patches_dir``, whole patches (the largest 4k+1
+    side of the first training patch, so metrics are comparable across crops), at most ``cfg.val_limit``
+    of them evenly spaced. Items are 3xSxS float tensors in [0, 1]."""
+    from torch.utils.data import Subset
+
+    if train_ds is None:
+        train_ds = PatchDataset(patches_dir, "train", crop=cfg.crop)
+    val_full = PatchDataset(patches_dir, "val", crop=_val_crop(train_ds, cfg.crop), augment=False)
+    if cfg.val_limit is not None and len(val_full) > cfg.val_limit:
+        return Subset(val_full, np.linspace(0, len(val_full) - 1, cfg.val_limit).round().astype(int).tolist())
+    return val_full
 
 
 def check_manifest(patches_dir: Path) -> None:

@@ -28,7 +28,9 @@ from aeutils.training.logs import (
     write_log,
 )
 from aeutils.training.rng import seed_everything
-from aeutils.training.runs import CONFIG_NAME, read_run_config, resume_decision, write_run_config
+from aeutils.training.runs import (
+    BEST_NAME, CONFIG_NAME, LAST_NAME, read_run_config, resume_decision, run_folder_lock, write_run_config,
+)
 from aeutils.training.step import ReconstructionLoss, choose_speed
 from aeutils.training.trainer import Trainer
 
@@ -109,7 +111,8 @@ def train(
     device = rank_device(cfg.device)
     rank, world, own_group = setup_process_group(device)
     try:
-        return _train(cfg, patches_dir, out, device, started, rank, world, tuple(callbacks))
+        with run_folder_lock(out, rank):  # one writer per run folder
+            return _train(cfg, patches_dir, out, device, started, rank, world, tuple(callbacks))
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -159,11 +162,11 @@ class _Run:
 
     @property
     def last(self) -> Path:
-        return self.out / "last.pt"
+        return self.out / LAST_NAME
 
     @property
     def best(self) -> Path:
-        return self.out / "best.pt"
+        return self.out / BEST_NAME
 
 
 def _train(
@@ -178,8 +181,8 @@ def _train(
             return finished
     check_manifest(patches_dir)
     data = run_data(patches_dir, cfg, device, world)  # every image checked: no epoch lost to a bad file
-    ckpt = load_checkpoint(out / "last.pt") if resume else None
-    trainer = _build_trainer(cfg, ckpt, out / "last.pt", data, device, rank, world)
+    ckpt = load_checkpoint(out / LAST_NAME) if resume else None
+    trainer = _build_trainer(cfg, ckpt, out / LAST_NAME, data, device, rank, world)
     run = _Run(cfg, patches_dir, out, rank, world, data, trainer, callbacks)
     _restore(run, ckpt)
     _open_outputs(run)
@@ -206,7 +209,7 @@ def _finished_run(
     a :class:`Trainer` restored from ``last.pt``."""
     if not (out / CONFIG_NAME).is_file() or config_differences(read_run_config(out)[1], cfg):
         return None
-    ckpt = load_checkpoint(out / "last.pt")
+    ckpt = load_checkpoint(out / LAST_NAME)
     ts = ckpt.train_state
     if not ts or int(ts.get("epoch", 0)) < cfg.epochs:
         return None
@@ -218,7 +221,7 @@ def _finished_run(
         for cb in callbacks:
             cb(TrainEvent("end", epochs_done, rank, trainer, out))
     return TrainResult(
-        out_dir=out, last=out / "last.pt", best=out / "best.pt", epochs_done=epochs_done,
+        out_dir=out, last=out / LAST_NAME, best=out / BEST_NAME, epochs_done=epochs_done,
         global_step=int(ts.get("global_step", 0)), stopped="nothing_to_do",
         best_psnr=float(ts.get("best_psnr", -math.inf)), seconds=time.perf_counter() - started,
         history=read_log(out / LOG_NAME, epochs_done), steps_per_epoch=_steps_per_epoch(cfg, ckpt),
