@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from aeutils.errors import FolderBusyError
+from aeutils.errors import FolderBusyError, one_line
 
 try:
     import fcntl
@@ -71,7 +71,7 @@ def _naming(exc: OSError, target: Path, tmp: Path) -> OSError:
     user's file, not our temp name ("No space left on device", numpy's "4096 requested and 4064 written")."""
     if exc.filename not in (None, str(tmp), os.fspath(tmp)) and exc.filename2 is None:
         return exc  # about another file (e.g. an input read while writing): as it is
-    why = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    why = exc.strerror or one_line(exc)
     if target.is_dir():
         why = "is a folder, not a file"
     new = OSError(exc.errno, why, str(target))

@@ -71,7 +71,7 @@ class SlideExplorer:
     ) -> None:
         import ipywidgets as w
 
-        from aeutils.checkpoint import as_model
+        from aeutils.checkpoint import load_model
         from aeutils.model import check_size
         from aeutils.scale import resolve_scale
         from aeutils.slides import open_slide
@@ -79,7 +79,7 @@ class SlideExplorer:
         from aeutils.viz import VIEW_LABELS, VIEWS, PatchPanel
 
         check_size(size, size)
-        self.model = as_model(model)
+        self.model = load_model(model)
         self.size = int(size)
         self.slide = open_slide(slide)
         self.choice = resolve_scale(self.slide, level=level, mpp=mpp, assume_mpp=assume_mpp)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from aeutils.errors import PatchError
+from aeutils.errors import PatchError, one_line
 from aeutils.io import missing_reason
 
 __all__ = ["TissueMask", "saturation", "tissue_mask", "detect_tissue", "read_mask", "mask_for_slide", "user_mask",
@@ -178,7 +178,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         except ImportError:
             arr = None
         except Exception as exc:
-            raise PatchError(f"{path}: cannot read the mask ({' '.join(str(exc).split())}); "
+            raise PatchError(f"{path}: cannot read the mask ({one_line(exc)}); "
                              f"expected a PNG or TIFF image") from None
     if arr is None:
         from PIL import Image, UnidentifiedImageError
@@ -191,7 +191,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
                     im = im.convert("RGB" if im.mode == "RGBA" else "L")
                 arr = np.asarray(im)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            raise PatchError(f"{path}: cannot read the mask ({' '.join(str(exc).split())}); "
+            raise PatchError(f"{path}: cannot read the mask ({one_line(exc)}); "
                              f"expected a PNG or TIFF image") from None
     arr = np.asarray(arr)
     _check_finite(arr, str(path))

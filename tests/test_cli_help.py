@@ -24,7 +24,7 @@ def test_every_option_has_help(name: str) -> None:
 
 
 def test_train_help_shows_defaults_and_names_the_default_and_shipped_architectures(capsys: pytest.CaptureFixture[str]) -> None:
-    from aeutils.checkpoint import load_pretrained
+    from aeutils.checkpoint import load_model
     from aeutils.model import Autoencoder, AutoencoderConfig, count_parameters
 
     with pytest.raises(SystemExit):
@@ -32,7 +32,7 @@ def test_train_help_shows_defaults_and_names_the_default_and_shipped_architectur
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(1 - SSIM) weight (default 0)" in text and "AdamW weight decay (default 0)" in text
     assert f"{count_parameters(Autoencoder(AutoencoderConfig())):,} parameters" in text  # the default, as built
-    shipped = load_pretrained()
+    shipped = load_model()
     assert f"{count_parameters(shipped):,} parameters" in text and "aeutils/pretrained/README.md" in text
     assert f"--config n_blocks={shipped.config.n_blocks} widths={','.join(map(str, shipped.config.widths))}" in text
 

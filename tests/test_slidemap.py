@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def shipped():
-    from aeutils import load_pretrained
+    from aeutils import load_model
 
-    return load_pretrained()
+    return load_model()
 
 
 @pytest.fixture(scope="module")

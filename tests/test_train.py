@@ -259,7 +259,7 @@ def test_shipped_model_loads_offline_in_eval_mode(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.delenv("MSCOPY_PRETRAINED", raising=False)
     assert PRETRAINED.is_file() and PRETRAINED.stat().st_size <= 10 * 2**20
-    model = aeutils.load_pretrained()
+    model = aeutils.load_model()
     assert not model.training and model.config.latent_channels == 1
     with torch.no_grad():
         z = model.encode(torch.rand(1, 3, 181, 181))

@@ -59,27 +59,19 @@ from aeutils.patches.grid import (
 from aeutils.patches.qc import drawable_text, plot_grid
 from aeutils.patches.runner import BLOCK_SIDE, default_workers
 
+#: the user-facing names; the plumbing imported above (CLI wiring, codecs, internals) stays importable from
+#: here for the package's own modules and tests, but is not exported
 __all__ = [
-    "GridCell",
-    "SlidePlan",
-    "MANIFEST_COLUMNS",
-    "MANIFEST_NAME",
-    "REQUIRED_COLUMNS",
-    "LABEL_DIRS",
-    "BLOCK_SIDE",
+    "extract",
     "plan_grid",
     "plan_slide",
     "sample_cells",
     "shard_of",
     "parse_shard",
-    "extract",
+    "GridCell",
+    "SlidePlan",
     "read_manifest",
+    "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
     "plot_grid",
-    "drawable_text",
-    "encode_png",
-    "png_complete",
-    "manifest_row",
-    "default_workers",
-    "add_cli_arguments",
-    "run_cli",
 ]

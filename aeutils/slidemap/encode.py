@@ -66,11 +66,11 @@ def model_for(model: "Autoencoder | str | os.PathLike[str] | None", device: Any 
     checkpoint or one whose encoding is not a single channel."""
     import copy
 
-    from aeutils.checkpoint import as_model
+    from aeutils.checkpoint import load_model
     from aeutils.device import pick_device
 
     given = not (model is None or isinstance(model, (str, os.PathLike)))
-    ae = as_model(model, map_location="cpu")
+    ae = load_model(model, map_location="cpu")
     if ae.config.latent_channels != 1:
         where = model if isinstance(model, (str, os.PathLike)) else "the model"
         raise CheckpointError(

@@ -87,8 +87,6 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "seed_everything",
-    "add_cli_arguments",
-    "run_cli",
     "RUNTIME_FIELDS",
     "CONFIG_NAME",
     "LAST_NAME",

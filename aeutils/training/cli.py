@@ -23,7 +23,7 @@ _TRI_NAME = {v: k for k, v in _TRI.items()}
 EPILOG = """\
 architecture: without --config, train builds the default AutoencoderConfig(): n_blocks=10
 widths=64,32,8, 1,924,004 parameters, 26.3 GFLOPs per 181 px patch, the design meant for a GPU.
-The shipped model (aeutils.load_pretrained(), EncodingLoss()) is a smaller recipe, 29x fewer
+The shipped model (aeutils.load_model(), EncodingLoss()) is a smaller recipe, 29x fewer
 FLOPs and far cheaper on a CPU (101,956 parameters, 0.90 GFLOPs per patch):
   --config n_blocks=1 widths=32,32,8 --crop 61 --batch-size 16 --lr 3e-3 --ssim 0.05
 its exact commands and training log: aeutils/pretrained/README.md.

@@ -141,7 +141,7 @@ def validation_psnr(model_or_path: torch.nn.Module | str | os.PathLike[str], run
     TrainingError / PatchError naming the file when the run's config or patches cannot be read."""
     import torch
 
-    from aeutils.checkpoint import as_model
+    from aeutils.checkpoint import load_model
     from aeutils.metrics import psnr
     from aeutils.training.datasets import val_batches, val_dataset
 
@@ -149,7 +149,7 @@ def validation_psnr(model_or_path: torch.nn.Module | str | os.PathLike[str], run
     if not patches.exists():
         raise TrainingError(f"{patches}: the run's patch folder is gone (named in {Path(run_dir) / CONFIG_NAME})")
     ds = val_dataset(patches, cfg)
-    model = as_model(model_or_path).eval()
+    model = load_model(model_or_path).eval()
     values = []
     with torch.no_grad():
         for x in val_batches(ds, 8):
@@ -174,7 +174,7 @@ def pick_checkpoint(
     model's (``reference``, default :func:`aeutils.checkpoint.pretrained_path`) on the same validation
     patches (:func:`validation_psnr`); a tie keeps the run. Else, or when that comparison cannot be made
     (no validation patches, the run's patch folder gone), the shipped model. Load the path with
-    :func:`aeutils.checkpoint.as_model`.
+    :func:`aeutils.checkpoint.load_model`.
     """
     if checkpoint is not None:
         path = Path(checkpoint)
