@@ -699,6 +699,10 @@ def test_20_2_a_tampered_in_epoch_position_is_caught_by_the_checkpoint_digest(pa
 
     run = tmp_path / "run"
     train(patch_dir, run, epochs=2, max_steps=2, **FAST)
+    before = (run / "last.pt").read_bytes()
+    again = train(patch_dir, run, epochs=2, max_steps=2, resume=True, **FAST)  # the stop already reached
+    assert (again.stopped, again.global_step, again.epoch_steps) == ("max_steps", 2, 2)  # not one step more
+    assert (run / "last.pt").read_bytes() == before
     payload = torch.load(run / "last.pt", weights_only=True)
     assert payload["train_state"]["in_epoch"]["steps"] == 2
     payload["train_state"]["in_epoch"]["steps"] = 1
