@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import os
 import pickle
 import platform
@@ -40,7 +41,7 @@ from typing import Any
 import torch
 
 from aeutils.errors import CheckpointError, one_line
-from aeutils.io import atomic_path
+from aeutils.io import atomic_write_bytes
 from aeutils.model import Autoencoder, AutoencoderConfig
 
 FORMAT = "mscopy-ae/1"
@@ -176,7 +177,8 @@ def save_checkpoint(
     ``metrics`` go into ``meta["epoch"]`` / ``meta["metrics"]``; ``meta`` also gets
     ``normalisation`` (the model's mean/std), ``versions`` (aeutils, torch, torchvision, numpy,
     python) and ``created`` (UTC ISO time) unless it has them. Returns the path.
-    An exception while writing leaves an existing file at ``path`` untouched.
+    An exception while writing leaves an existing file at ``path`` untouched; a full disk is an
+    ``OSError`` (errno ENOSPC).
     """
     ae = _unwrap(model)
     full_meta = dict(meta or {})
@@ -198,9 +200,9 @@ def save_checkpoint(
     if train_state:
         payload["train_state"] = _plain(dict(train_state), "train_state")
     payload["state_digest"] = data_digest(_state_part(payload))
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    buffer = io.BytesIO()  # serialised in memory, then written with plain writes: a full disk is an OSError
+    torch.save(payload, buffer)  # (torch.save to a file raises "RuntimeError: unexpected pos" there instead)
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -34,6 +34,10 @@ class FolderBusyError(AeutilsError):
     """An output folder another process is writing to (its lock file names that process's pid)."""
 
 
+class DeviceError(AeutilsError):
+    """A compute device asked for (``--device``, ``$MSCOPY_DEVICE``) that this machine does not have."""
+
+
 def one_line(exc: BaseException, limit: int | None = None) -> str:
     """``exc``'s message on one line (every run of whitespace, newlines included, becomes one space),
     cut to ``limit`` characters if given; the exception's type name when it has no message. The one

@@ -32,9 +32,12 @@ force an option (``$MSCOPY_CPU_SPEED`` forces a candidate). bf16 autocast keeps 
 shared or small CPU, one thread per process (``OMP_NUM_THREADS=1``) can be much faster than contending
 threads.
 
-Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces an uninterrupted run bit for
-bit (shuffling is seeded per epoch, RNG states are restored). A ``--max-steps`` / ``--time-budget`` stop
-inside an epoch counts that epoch as finished.
+Exactness: on the CPU, a resumed run reproduces an uninterrupted one bit for bit (shuffling is seeded per
+epoch, RNG states are restored). A ``--max-steps`` / ``--time-budget`` stop inside an epoch does not finish it:
+``last.pt`` keeps the position (steps into the epoch, their loss sum, the RNG states; no validation, no log row)
+and the rerun trains exactly the batches that were left, so the same command ends where an uninterrupted run
+ends (with DataLoader workers the batches already trained on are loaded again and dropped, to replay each
+worker's augmentations). Under ``torchrun`` rank 0's clock decides a time-budget stop for every rank.
 
 Layout, one idea a module (the names above are importable from here)::
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import fields
 
 from aeutils.training.config import TrainConfig, parse_config, parse_duration
-from aeutils.training.loop import train
+from aeutils.training.loop import TrainResult, train
 from aeutils.training.runs import BEST_NAME, LAST_NAME
 
 __all__ = ["add_cli_arguments", "config_from_args", "run_cli"]
@@ -75,7 +75,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"seeds the initial weights, shuffling and augmentation (default {d['seed']})")
     parser.add_argument("--max-steps", type=int, default=d["max_steps"],
                         help="stop after this many optimiser steps in total")
-    parser.add_argument("--time-budget", default=d["time_budget"], help="stop after this long: seconds, or 45m, 1.5h")
+    parser.add_argument("--time-budget", default=d["time_budget"],
+                        help="stop after this long: seconds, or 45m, 1.5h (also inside an epoch: rerunning the same "
+                             "command continues that epoch where it stopped)")
     parser.add_argument("--val-limit", type=int, default=d["val_limit"],
                         help=f"validate on at most N patches (0: all; default {d['val_limit']})")
     parser.add_argument("--channels-last", choices=tuple(_TRI), default=_TRI_NAME[d["channels_last"]],
@@ -108,11 +110,25 @@ def run_cli(args: argparse.Namespace) -> int:
     """Run ``python -m aeutils train``; exit code 0."""
     result = train(args.patches_dir, args.out, config_from_args(args))
     if int(os.environ.get("RANK", "0")) == 0:
-        f = result.final
-        print(
-            f"done ({result.stopped}): {result.epochs_done} epochs, {result.global_step} steps in {result.seconds:.0f} s; "
-            f"last val PSNR {f.get('val_psnr', float('nan')):.2f} dB, SSIM {f.get('val_ssim', float('nan')):.4f}; "
-            f"checkpoints {result.last} and {result.best}; logs: tensorboard --logdir {result.out_dir}"
-            if f else f"done ({result.stopped}): nothing to train; checkpoints in {result.out_dir}"
-        )
+        print(_done_line(result))
     return 0
+
+
+def _done_line(result: TrainResult) -> str:
+    """The command's last line: why it stopped, epochs and steps, the last validation scores, where the
+    outputs are; a stop inside an epoch says how far it got and that rerunning continues it."""
+    f = result.final
+    if result.epoch_steps:
+        done = result.epochs_done
+        where = (f"stopped ({result.stopped}) in epoch {done + 1} after {result.epoch_steps} of its "
+                 f"{result.steps_per_epoch} steps: {done} finished epoch{'' if done == 1 else 's'}, "
+                 f"{result.global_step} steps in {result.seconds:.0f} s; rerun the same command to continue from there")
+        scores = f"; last val PSNR {f['val_psnr']:.2f} dB, SSIM {f['val_ssim']:.4f} (epoch {f['epoch']})" if f else ""
+        return f"{where}{scores}; checkpoint {result.last}"
+    if not f:
+        return f"done ({result.stopped}): nothing to train; checkpoints in {result.out_dir}"
+    return (
+        f"done ({result.stopped}): {result.epochs_done} epochs, {result.global_step} steps in {result.seconds:.0f} s; "
+        f"last val PSNR {f.get('val_psnr', float('nan')):.2f} dB, SSIM {f.get('val_ssim', float('nan')):.4f}; "
+        f"checkpoints {result.last} and {result.best}; logs: tensorboard --logdir {result.out_dir}"
+    )

@@ -3,10 +3,11 @@
 training), and the per-epoch loaders (seeded shuffling; a DistributedSampler under ``torchrun``)."""
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -29,22 +30,45 @@ class RunData:
     steps_per_epoch: int
     workers: int
 
-    def loader(self, cfg: TrainConfig, epoch: int, rank: int, world: int, device: torch.device) -> Any:
-        """The training batches of ``epoch`` (0-based): shuffled by a generator seeded from the seed and
-        the epoch (so a resumed run draws the same order), across ranks by a DistributedSampler."""
-        from torch.utils.data import DataLoader, DistributedSampler
+    def loader(self, cfg: TrainConfig, epoch: int, rank: int, world: int, device: torch.device, start: int = 0) -> Any:
+        """The training batches of ``epoch`` (0-based) from its ``start``-th batch on: shuffled by a
+        generator seeded from the seed and the epoch (so a resumed run draws the same order), across
+        ranks by a DistributedSampler. ``len()`` is the number of batches left.
 
-        sampler = None
+        ``start`` > 0 continues an epoch a stop cut short, yielding exactly the batches an uninterrupted
+        run gets next: without workers the skipped batches are only index lists (no image read, no
+        random number drawn: the run restores the main process's RNG state); with workers they are
+        loaded and dropped, so each worker's RNG (seeded per epoch) advances as it would have."""
+        from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         if world > 1:
-            sampler = DistributedSampler(self.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                         drop_last=True)
+            sampler: Any = DistributedSampler(self.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                              drop_last=True)
             sampler.set_epoch(epoch)
-        return DataLoader(
-            self.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-            num_workers=self.workers, pin_memory=device.type == "cuda", timeout=300 if self.workers else 0,
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
-            persistent_workers=False,
+        else:  # what DataLoader(shuffle=True, generator=...) builds, so the order is the one runs always had
+            sampler = RandomSampler(self.train, generator=generator)
+        batches: Any = BatchSampler(sampler, cfg.batch_size, drop_last=True)
+        if start and not self.workers:
+            batches = _From(batches, start)
+        loader = DataLoader(
+            self.train, batch_sampler=batches, num_workers=self.workers, pin_memory=device.type == "cuda",
+            timeout=300 if self.workers else 0, generator=generator, persistent_workers=False,
         )
+        return _From(loader, start) if start and self.workers else loader
+
+
+class _From:
+    """The items of ``inner`` (a batch sampler or a DataLoader) from the ``start``-th on."""
+
+    def __init__(self, inner: Any, start: int) -> None:
+        self.inner, self.start = inner, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.start)
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.inner), self.start, None)
 
 
 def run_data(patches_dir: Path, cfg: TrainConfig, device: torch.device, world: int) -> RunData:

@@ -52,16 +52,36 @@ def write_run_config(out: Path, patches_dir: Path, config: TrainConfig) -> Path:
 
 
 def read_run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
-    """``(patches_dir, TrainConfig)`` from a run folder's ``config.json``; TrainingError naming the file if unreadable."""
+    """``(patches_dir, TrainConfig)`` from a run folder's ``config.json``; TrainingError naming the file
+    (and the key, for a value of the wrong type or out of range, e.g. a hand edit) if unreadable."""
+    from aeutils.training.config import SettingError
+
     path = Path(run_dir) / CONFIG_NAME
     try:
         data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise TrainingError(f"{path}: not a run config (a JSON object expected)")
+        if not isinstance(data.get("patches_dir"), str):
+            raise TrainingError(f'{path}: key "patches_dir" is {json.dumps(data.get("patches_dir"))}: expected a folder path')
         patches = Path(data.pop("patches_dir"))
         return patches, TrainConfig.from_dict(data)
+    except SettingError as exc:  # a hand-edited value: the file and its key, not the CLI option
+        raise TrainingError(f'{path}: key "{exc.key}" is {_json(exc.value)}: {exc.problem}') from None
+    except TrainingError as exc:
+        text = str(exc)
+        raise TrainingError(text if text.startswith(str(path)) else f"{path}: {text}") from None
     except FileNotFoundError:
         raise TrainingError(f"{path}: no such run config") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: not a run config ({exc})") from None
+
+
+def _json(value: object) -> str:
+    """``value`` as written in a JSON file (its repr if it is not JSON data)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def resume_decision(out: Path, cfg: TrainConfig) -> bool:
