@@ -322,6 +322,8 @@ def _acquire(folder: Path, lock: Path, what: str) -> tuple[int, dict[str, Any] |
         except FileNotFoundError:  # the folder went away under us (a lock releasing the folder it made)
             folder.mkdir(parents=True, exist_ok=True)
             continue
+        except OSError as exc:  # a full disk or a read-only folder: name the lock file
+            raise OSError(exc.errno, exc.strerror or one_line(exc), str(lock)) from exc
         try:
             got = _kernel_lock(fd)
             who = _holder(fd) if got is not True else {}
@@ -342,7 +344,10 @@ def _acquire(folder: Path, lock: Path, what: str) -> tuple[int, dict[str, Any] |
             os.ftruncate(fd, 0)
             line = {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-            os.write(fd, (json.dumps(line) + "\n").encode("utf-8"))
+            try:
+                os.write(fd, (json.dumps(line) + "\n").encode("utf-8"))
+            except OSError as exc:  # a full disk: name the lock file, not just the errno
+                raise OSError(exc.errno, exc.strerror or one_line(exc), str(lock)) from exc
             return fd, (old or None)
         except BaseException:
             try:

@@ -252,3 +252,20 @@ def test_exclusive_of_other_lock_files(tmp_path) -> None:
     finally:
         release(shard)
     assert not out.exists()
+
+
+def test_a_full_disk_while_taking_the_lock_names_the_lock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first write of a run on a full disk is its lock line: the error names that file."""
+    import errno
+
+    import aeutils.io as io_mod
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_mod.os, "write", full)
+    with pytest.raises(OSError) as info:
+        with io_mod.folder_lock(tmp_path / "out", "extract"):
+            pass
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / "out" / io_mod.LOCK_NAME)
