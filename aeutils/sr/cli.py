@@ -49,11 +49,10 @@ def _apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="SLIDE", help="whole-slide images, or folders of PNG/JPEG images")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder: <slide>.sr.tiff or <NAME>.png")
     p.add_argument("--checkpoint", default=None, metavar="G.pt", help="generator checkpoint (default: the shipped one)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--level", type=int, default=None, help="pyramid level to read (default 0)")
-    g.add_argument("--mpp", type=float, default=None, help="read at this microns/pixel (the output is 4x finer)")
-    p.add_argument("--assume-mpp", type=float, default=None, metavar="X", help="the slides' level-0 microns/pixel")
-    p.add_argument("--tile", type=int, default=128, help="LR tile side (px) of the output's centres (default 128)")
+    from aeutils.scale import add_scale_arguments
+
+    add_scale_arguments(p)  # --level / --mpp / --assume-mpp: the input scale, as extract and encode (output 4x finer)
+    p.add_argument("--tile", type=int, default=128, help="LR tile core side, a multiple of 64 px (default 128)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--all", dest="tissue_only", action="store_false",
                    help="super-resolve everything, not only the tissue (default: tissue; background stays white)")

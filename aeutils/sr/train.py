@@ -103,15 +103,14 @@ def _hr_datasets(patches_dir: Path, cfg: SRConfig) -> tuple[Any, torch.Tensor]:
         idx = np.linspace(0, len(val) - 1, cfg.val_limit).round().astype(int).tolist()
     from torch.utils.data import Subset
 
-    check_images(train, Subset(val, idx))
-    small = [r.path for r in train.records[:1]]
     from aeutils.data import read_image
 
-    for p in small:
+    for p in [r.path for r in train.records[:1]]:  # before the checks: their message would name the 4k+1 crop
         h, w = read_image(p).shape[:2]
         if min(h, w) < crop:
             raise TrainingError(f"{p}: patches are {w}x{h} px, smaller than --hr-size {cfg.hr_size} + 1; "
                                 f"extract larger patches or lower --hr-size")
+    check_images(train, Subset(val, idx))
     hr_val = torch.stack([val[i][:, :-1, :-1] for i in idx]) if idx else torch.zeros(0, 3, cfg.hr_size, cfg.hr_size)
     return train, hr_val
 
@@ -295,6 +294,11 @@ def _read_rows(path: Path, upto_step: int) -> list[dict[str, Any]]:
     return [r for r in rows if int(r["step"]) <= upto_step]
 
 
+def _judge(cfg: SRConfig) -> str:
+    """The judge best.pt is chosen by: ``select`` over the GAN phase, PSNR where there is none."""
+    return cfg.select if cfg.gan_steps else "psnr"
+
+
 def _better(judge: str, new: float, old: float) -> bool:
     from aeutils.metrics.judges import LOWER_IS_BETTER
 
@@ -393,7 +397,9 @@ def _run(cfg: SRConfig, patches_dir: Path, out: Path, device: torch.device, rank
         history = _read_rows(out / LOG_NAME, done)
     else:
         cw = _content_weight(cfg, content, hr_val if len(hr_val) else _batch(train_ds, min(16, len(train_ds)), gen))
-        best = math.inf if cfg.select == "stlpips" else -math.inf
+        from aeutils.metrics.judges import LOWER_IS_BETTER
+
+        best = math.inf if _judge(cfg) in LOWER_IS_BETTER else -math.inf
         best_psnr, history = -math.inf, []
     meta = {"train_args": {"patches_dir": str(patches_dir), "config": cfg.to_dict(), "d_channels": d_ch,
                            "speed": speed.to_dict(), "content_weight": cw, "device": str(device), "world_size": world,
@@ -526,7 +532,7 @@ class _State:
             self.best_psnr = scores["psnr"]
             save_generator(self.out / "pixel.pt", g, meta={**self.meta, "step": self.step, "metrics": scores, "role": "pixel"})
         # best.pt: the GAN phase's best by the judge (pretraining's by PSNR where there is no GAN phase)
-        judge = cfg.select if cfg.gan_steps else "psnr"
+        judge = _judge(cfg)
         in_scope = phase == "gan" or not cfg.gan_steps
         # no validation patches: best.pt is the latest generator of its phase
         improved = in_scope and (self.judges is None or _better(judge, scores.get(judge, math.nan), self.best))
