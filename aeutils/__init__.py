@@ -23,14 +23,15 @@ Modules (each one idea):
     losses      every loss: EncodingLoss (the encoder as a perceptual loss), the random-encoder control,
                 the ImageNet baselines (VGG19 file, EfficientNet-Lite0, VGG16-HED), ReconstructionLoss
     sensitivity evidence: a loss's response to lost detail vs to nuisances
-    sr          x4 super-resolution: the degradation, the bench's small SRNet, the content-loss comparison
+    sr          x4 super-resolution: SRGAN training and whole-slide SR (the ``sr`` command), the shipped
+                generator (``load_pretrained_sr``), the degradation, the content-loss comparison
     device      one helper that picks cuda > mps > cpu
     speed       the fastest way to run a model here (fp32 / channels_last / bf16 autocast), chosen by measurement
     tiffread    tiled TIFF/SVS strips decoded straight from the tiles, where verified identical to OpenSlide
     io          atomic file writes
     sample      the bundled sample slides (CMU skin, prostate), checksum-verified
     errors      the exception types (one clear line each; the CLI prints them as ``error: ...``)
-    cli         ``python -m aeutils <command>``: extract, manifest, train, figures, encode
+    cli         ``python -m aeutils <command>``: extract, manifest, train, figures, encode, sr
 
 Importing ``aeutils`` does not import torch: the extraction path stays fast to start.
 """
@@ -44,7 +45,7 @@ from aeutils.sample import sample_slide, sample_slides
 __version__ = "0.1.0"
 __all__ = [
     "AeutilsError", "sample_slide", "sample_slides", "load_pretrained", "extract", "train", "encode_slide",
-    "TrainConfig", "EncodingLoss", "__version__",
+    "TrainConfig", "EncodingLoss", "load_pretrained_sr", "__version__",
 ]
 
 #: what users type, imported on first use (``extract`` stays torch-free; the others import torch).
@@ -55,6 +56,7 @@ _LAZY = {
     "encode_slide": "aeutils.slidemap",
     "TrainConfig": "aeutils.training",
     "EncodingLoss": "aeutils.losses",
+    "load_pretrained_sr": "aeutils.sr.checkpoint",  # the shipped x4 generator: G(lr) Nx3xhxw -> Nx3x4hx4w
 }
 
 if TYPE_CHECKING:  # pragma: no cover
