@@ -88,8 +88,8 @@ def judge(tiff: Path, slide_path: Path, crops: list[tuple[int, int]], crop: int,
     sr, hr = [], []
     with open_slide(tiff) as t, open_slide(slide_path) as s:
         for x, y in crops:
-            sr.append(torch.from_numpy(np.ascontiguousarray(t.read_region(x, y, 0, crop))).permute(2, 0, 1).float() / 255)
-            hr.append(torch.from_numpy(np.ascontiguousarray(s.read_region(x, y, 0, crop))).permute(2, 0, 1).float() / 255)
+            sr.append(torch.from_numpy(np.array(t.read_region(x, y, 0, crop))).permute(2, 0, 1).float() / 255)
+            hr.append(torch.from_numpy(np.array(s.read_region(x, y, 0, crop))).permute(2, 0, 1).float() / 255)
     per = judges(torch.stack(sr), torch.stack(hr))
     return {k: float(np.mean(v)) for k, v in per.items()}
 
