@@ -1,9 +1,11 @@
 """Whole-slide x4 super-resolution: ``sr apply`` end to end vs a naive loop, and the applied slide's quality
 against the true pixels, in one run, with the CPU named.
 
-The slide: a bundled one (default the CMU skin region, ``--slide 1`` the prostate), read at 2 um/px
-(``--mpp 2 --assume-mpp 0.5``: level 0 downsampled exactly x4, antialiased, as ``extract`` and ``encode``
-read), so its x4 super-resolution lands on the true 0.5 um/px level-0 pixels.
+Speed, on a slide that looks like a whole-slide image (mostly glass): ``bench/encode_slide.py``'s sparse
+slide (3 copies of the bundled CMU sample on an 8704 x 7168 px canvas of glass, cached under ``bench/out/``;
+``--speed-slide FILE`` for another), read at 2 um/px (``--mpp 2 --assume-mpp 0.5``: level 0 downsampled exactly
+x4, antialiased, as ``extract`` and ``encode`` read). Quality, on a bundled slide (``--slide``: 0 the CMU skin
+region, 1 the prostate) read the same way, so its x4 super-resolution lands on the true 0.5 um/px level-0 pixels.
 
 * **naive**: the loop a user writes without the library: for every 64 px LR tile of the slide at 2 um/px
   (read from the same scaled source), the generator on that tile alone (fp32, batch 1, no overlap: each tile
@@ -20,7 +22,7 @@ held-out bottom band, :func:`aeutils.data.region_split`; never seen by the shipp
 (:class:`aeutils.metrics.judges.Judges`), beside **bicubic**: the same pipeline with an untrained generator
 (its output conv starts at zero: bicubic exactly), so both went through the same reads and JPEG tiles.
 
-    python bench/sr_apply.py                 # the shipped generator on the CMU slide (about a minute)
+    python bench/sr_apply.py                 # the shipped generator (minutes on 2 shared cores)
     python bench/sr_apply.py --generator G.pt --slide 1
 """
 from __future__ import annotations
@@ -62,7 +64,7 @@ def naive_loop(generator: Any, slide_path: Path, out_png: Path, mpp: float = 2.0
             for y in range(0, src.height, NAIVE_TILE):
                 for x in range(0, src.width, NAIVE_TILE):
                     w, h = min(NAIVE_TILE, src.width - x), min(NAIVE_TILE, src.height - y)
-                    lr = torch.from_numpy(np.ascontiguousarray(src.read(x, y, w, h))).permute(2, 0, 1)[None].float() / 255
+                    lr = torch.from_numpy(np.array(src.read(x, y, w, h))).permute(2, 0, 1)[None].float() / 255
                     sr = generator(lr)[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
                     out[4 * y:4 * (y + h), 4 * x:4 * (x + w)] = sr
     Image.fromarray(out).save(out_png)
@@ -95,11 +97,13 @@ def judge(tiff: Path, slide_path: Path, crops: list[tuple[int, int]], crop: int,
 
 
 def run(slide: int = 0, generator: str | None = None, crop: int = 128, out: Path | None = None,
-        naive: bool = True, verbose: bool = True) -> dict[str, Any]:
+        naive: bool = True, verbose: bool = True, speed_slide: Path | None = None,
+        precision: str | None = None) -> dict[str, Any]:
     """The bench; returns ``{"cpu", "slide", "lr_size", "aeutils_s", "naive_s", "ratio", "mpx_per_s",
     "n_crops", "sr": {judge: mean}, "bicubic": {judge: mean}, "speed"}`` (``naive_s``/``ratio`` None
     without ``naive``). ``generator``: a checkpoint path, ``"tiny"`` (an untrained tiny generator: bicubic),
-    or None (the shipped one)."""
+    or None (the shipped one). ``speed_slide``: the slide timed (default the sparse bench slide); ``precision``:
+    ``sr apply --precision`` (None: auto, measured once the slide's tiles make the probe pay)."""
     from aeutils.metrics.judges import Judges
     from aeutils.sample import sample_slides
     from aeutils.speed import cpu_description
@@ -112,19 +116,27 @@ def run(slide: int = 0, generator: str | None = None, crop: int = 128, out: Path
     g = Generator(PRESETS["tiny"][0]).eval() if generator == "tiny" else generator_for(generator, "cpu")
     cpu = cpu_description()
     say(f"CPU: {cpu.get('model', cpu)}; torch threads {torch.get_num_threads()}")
+    if speed_slide is None:
+        sys.path.insert(0, str(HERE))
+        from encode_slide import CANVAS, OUT as BENCH_OUT, PIECES, build_sparse_slide
+
+        speed_slide = build_sparse_slide(BENCH_OUT / f"bench_sparse_{CANVAS[0]}x{CANVAS[1]}_{PIECES}.tiff")
+    speed_slide = Path(speed_slide)
     t0 = time.perf_counter()
-    r = sr_slide(path, work / "sr", model=g, mpp=2.0, assume_mpp=0.5, progress=False, log=lambda t: None)
+    r = sr_slide(speed_slide, work / "speed", model=g, mpp=2.0, assume_mpp=0.5, progress=False, log=lambda t: None,
+                 precision=precision)
     ours = time.perf_counter() - t0
-    result: dict[str, Any] = {"cpu": cpu, "slide": path.name, "lr_size": (r.size[0] // 4, r.size[1] // 4),
-                              "aeutils_s": ours, "mpx_per_s": r.mpx_per_s, "speed": r.speed, "naive_s": None,
-                              "ratio": None}
-    say(f"{path.name} at 2 um/px ({r.size[0] // 4} x {r.size[1] // 4} LR px, {r.tiles} tissue tiles): "
+    result: dict[str, Any] = {"cpu": cpu, "slide": path.name, "speed_slide": speed_slide.name,
+                              "lr_size": (r.size[0] // 4, r.size[1] // 4), "aeutils_s": ours, "mpx_per_s": r.mpx_per_s,
+                              "speed": r.speed, "naive_s": None, "ratio": None}
+    say(f"{speed_slide.name} at 2 um/px ({r.size[0] // 4} x {r.size[1] // 4} LR px, {r.tiles} tissue tiles): "
         f"sr apply {ours:.1f} s ({r.speed})")
     if naive:
-        t = naive_loop(g, path, work / "naive.png")
+        t = naive_loop(g, speed_slide, work / "naive.png")
         result.update(naive_s=t, ratio=t / ours)
         say(f"naive loop (64 px tiles, one-shot, fp32, PIL PNG): {t:.1f} s -> sr apply is {t / ours:.2f}x faster "
             f"(target >= {TARGET:g}x)")
+    r = sr_slide(path, work / "sr", model=g, mpp=2.0, assume_mpp=0.5, progress=False, log=lambda t: None)
     bic = sr_slide(path, work / "bicubic", model=Generator(PRESETS["tiny"][0]).eval(), mpp=2.0, assume_mpp=0.5,
                    progress=False, log=lambda t: None)
     crops = test_crops(path, crop)
@@ -148,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generator", default=None, help="generator checkpoint (default: the shipped one; 'tiny': bicubic)")
     p.add_argument("--crop", type=int, default=128, help="test crop side, HR px")
     p.add_argument("--out", type=Path, default=None, help="keep the outputs here")
+    p.add_argument("--speed-slide", type=Path, default=None, help="slide timed (default: the sparse bench slide)")
+    p.add_argument("--precision", default=None, help="sr apply --precision for the timed run (default: auto)")
     p.add_argument("--no-naive", dest="naive", action="store_false")
     a = p.parse_args(argv)
-    run(a.slide, a.generator, a.crop, a.out, a.naive)
+    run(a.slide, a.generator, a.crop, a.out, a.naive, speed_slide=a.speed_slide, precision=a.precision)
     return 0
 
 

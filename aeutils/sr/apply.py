@@ -332,17 +332,18 @@ def run_apply(args: Any) -> int:
 
     check_assume_mpp(args.assume_mpp)
     g = generator_for(args.checkpoint, args.device)  # once: a bad checkpoint fails before any slide
+    precision = None if args.precision == "auto" else args.precision
     failed = 0
     for item in args.inputs:
         try:
             if Path(item).is_dir():
                 paths = sr_folder(item, args.out, model=g, core=args.tile, batch_size=args.batch_size,
-                                  progress=args.progress)
+                                  precision=precision, progress=args.progress)
                 print(f"{item}: {len(paths)} images x{SCALE} in {args.out}")
                 continue
             r = sr_slide(item, args.out, model=g, level=args.level, mpp=args.mpp, assume_mpp=args.assume_mpp,
                          core=args.tile, batch_size=args.batch_size, tissue_only=args.tissue_only,
-                         progress=args.progress)
+                         precision=precision, progress=args.progress)
         except AeutilsError as err:
             failed += 1
             print(f"error: {err}", file=sys.stderr, flush=True)

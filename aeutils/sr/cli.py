@@ -54,6 +54,8 @@ def _apply_arguments(p: argparse.ArgumentParser) -> None:
     add_scale_arguments(p)  # --level / --mpp / --assume-mpp: the input scale, as extract and encode (output 4x finer)
     p.add_argument("--tile", type=int, default=128, help="LR tile core side, a multiple of 64 px (default 128)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--precision", choices=("auto", "fp32", "channels_last", "bf16", "channels_last+bf16"),
+                   default="auto", help="auto: measured once the slide's tiles make the probe pay (aeutils.speed); fp32: exact")
     p.add_argument("--all", dest="tissue_only", action="store_false",
                    help="super-resolve everything, not only the tissue (default: tissue; background stays white)")
     p.add_argument("--device", default=None)
