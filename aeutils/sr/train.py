@@ -440,7 +440,8 @@ def _content_weight(cfg: SRConfig, content: nn.Module | None, hr: torch.Tensor) 
         return float(cfg.content_weight)
     from aeutils.sr.bench import matched_weight
 
-    return float(matched_weight(content.cpu(), hr[:16].float()))
+    where = next(iter([*content.parameters(), *content.buffers()]), torch.zeros(())).device  # the loss stays put
+    return float(matched_weight(content, hr[:16].float().to(where)))
 
 
 @dataclass
