@@ -43,7 +43,7 @@ from aeutils.sr.arch import Discriminator, Generator
 from aeutils.sr.checkpoint import load_generator, save_generator
 from aeutils.sr.config import SRConfig
 from aeutils.sr.degrade import downscale
-from aeutils.speed import Choice, candidate_name, training_choice
+from aeutils.speed import Choice, training_choice
 from aeutils.training.rng import rng_state, seed_everything, set_rng_state
 
 __all__ = ["SRTrainResult", "train_srgan", "content_loss", "CONFIG_NAME", "LOG_NAME"]
