@@ -25,7 +25,8 @@ Modules (each one idea):
     losses      every loss: EncodingLoss (the encoder as a perceptual loss), the random-encoder control,
                 the ImageNet baselines (VGG19 file, EfficientNet-Lite0, VGG16-HED), ReconstructionLoss
     sensitivity evidence: a loss's response to lost detail vs to nuisances
-    sr          x4 super-resolution: the degradation, the bench's small SRNet, the content-loss comparison
+    sr          x4 super-resolution: SRGAN training and whole-slide SR (the ``sr`` command), the shipped
+                generator (``load_pretrained_sr``), the degradation, the content-loss comparison
     device      one helper that picks cuda > mps > cpu
     speed       the fastest way to run a model here (fp32 / channels_last / bf16 autocast), chosen by measurement
     tiffread    tiled TIFF/SVS strips decoded straight from the tiles, where verified identical to OpenSlide
@@ -33,7 +34,7 @@ Modules (each one idea):
     nbparams    how values reach a notebook: full-size literals, then CI sizes, then MSCOPY_<NAME> (settle)
     sample      the bundled sample slides (CMU skin, prostate), checksum-verified
     errors      the exception types (one clear line each; the CLI prints them as ``error: ...``)
-    cli         ``python -m aeutils <command>``: extract, manifest, train, figures, encode
+    cli         ``python -m aeutils <command>``: extract, manifest, train, figures, encode, sr
 
 ``from aeutils import ...``: ``load_model``, ``Autoencoder``, ``AutoencoderConfig``, ``EncodingLoss``,
 ``extract``, ``train``, ``TrainConfig``, ``encode_slide``, ``sample_slide(s)``, ``AeutilsError``.
@@ -48,7 +49,7 @@ __version__ = "0.1.0"
 #: what users type: ``from aeutils import ...`` (``dir(aeutils)`` lists these and the modules above)
 __all__ = [
     "AeutilsError", "sample_slide", "sample_slides", "load_model", "Autoencoder", "AutoencoderConfig", "extract",
-    "train", "encode_slide", "TrainConfig", "EncodingLoss", "__version__",
+    "train", "encode_slide", "TrainConfig", "EncodingLoss", "load_pretrained_sr", "__version__",
 ]
 
 #: what users type, imported on first use (``extract`` stays torch-free; the others import torch).
@@ -62,6 +63,7 @@ _LAZY = {
     "Autoencoder": "aeutils.model",
     "AutoencoderConfig": "aeutils.model",
     "load_model": "aeutils.checkpoint",
+    "load_pretrained_sr": "aeutils.sr.checkpoint",  # the shipped x4 generator: G(lr) Nx3xhxw -> Nx3x4hx4w
 }
 #: deprecated root names -> (home module, name there); they still work, with a DeprecationWarning there
 _DEPRECATED = {"load_pretrained": ("aeutils.checkpoint", "load_pretrained")}

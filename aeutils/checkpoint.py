@@ -205,9 +205,12 @@ def save_checkpoint(
     return atomic_write_bytes(path, buffer.getbuffer())
 
 
-def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *, fmt: str = FORMAT
+) -> dict[str, Any]:
     """The raw payload dict, loaded safely; :class:`CheckpointError` naming the file if it is
-    missing, empty, truncated, corrupt, unsafe (pickled objects) or not an mscopy-AE checkpoint."""
+    missing, empty, truncated, corrupt, unsafe (pickled objects) or not a checkpoint of format ``fmt``
+    (default the autoencoder's; :mod:`aeutils.sr.checkpoint` reads its generators with this too)."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint file")
@@ -231,10 +234,10 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"{p}: corrupt checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnicodeDecodeError, ... here
         raise CheckpointError(f"{p}: corrupt checkpoint ({_first_line(exc)})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT or "config" not in payload or "model" not in payload:
+    if not isinstance(payload, dict) or payload.get("format") != fmt or "config" not in payload or "model" not in payload:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
-            f"{p}: not an mscopy-AE checkpoint (format {found!r}, expected {FORMAT!r} with config and weights)"
+            f"{p}: not an mscopy-AE checkpoint (format {found!r}, expected {fmt!r} with config and weights)"
         )
     return payload
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m aeutils {extract,manifest,train,encode,figures} ...``.
+"""Command line: ``python -m aeutils {extract,manifest,train,encode,figures,sr} ...``.
 
 Each command lives in its own module, imported only when that command runs (so ``extract`` never
 imports torch). A command module provides::
@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("aeutils.viz", "make the README figures with the shipped model and the sample slide"),
     "encode": ("aeutils.slidemap", "encode whole slides into seamless encoding maps (tiled pyramidal TIFF)"),
     "manifest": ("aeutils.manifest", "merge the manifests of extract --shard runs: manifest merge OUT..."),
+    "sr": ("aeutils.sr.cli", "x4 super-resolution: sr train PATCHES (SRGAN), sr apply SLIDE... (pyramidal TIFF)"),
 }
 
 

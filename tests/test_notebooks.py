@@ -33,8 +33,8 @@ def _python(cell: dict) -> ast.Module:
     return ast.parse("\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in _source(cell).splitlines()))
 
 
-def test_the_five_numbered_notebooks_are_there_and_indexed() -> None:
-    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_"]
+def test_the_six_numbered_notebooks_are_there_and_indexed() -> None:
+    assert [p.name[:3] for p in NOTEBOOKS] == ["01_", "02_", "03_", "04_", "05_", "06_"]
     index = (NOTEBOOKS[0].parent / "README.md").read_text()
     for path in NOTEBOOKS:
         assert f"({path.name})" in index, f"notebooks/README.md does not link {path.name}"

