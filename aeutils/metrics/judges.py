@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["JUDGES", "LOWER_IS_BETTER", "LABELS", "Judges", "bootstrap"]
+__all__ = ["JUDGES", "LOWER_IS_BETTER", "LABELS", "MIN_SIDE", "Judges", "bootstrap"]
 
 from aeutils.metrics.nuclei import NUCLEI_JUDGES, nuclei_scores
 
 JUDGES = ("psnr", "ssim", "ssim_h", "haarpsi", "stlpips", *NUCLEI_JUDGES)
 LOWER_IS_BETTER = {"stlpips", "nuclei_count", "nuclei_area"}
+#: the smallest image side (px) every judge accepts: ST-LPIPS's VGG16 fails below 20 px
+MIN_SIDE = 20
 #: short column names for tables
 LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "ssim_h": "SSIM H", "haarpsi": "HaarPSI", "stlpips": "ST-LPIPS",
           "nuclei_f1": "nuclei F1", "nuclei_count": "count err", "nuclei_area": "area err"}
