@@ -21,12 +21,14 @@ bilinear, a 1 px shift costs little). Images are level-0 RGB at ~0.5 um/px (a nu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = ["NUCLEI_JUDGES", "NucleiParams", "PARAMS", "SIGMA", "MIN_AREA", "MIN_DISTANCE", "IOU",
-           "haematoxylin", "segment_nuclei", "match_nuclei", "nuclei_scores"]
+           "haematoxylin", "hr_threshold", "segment_nuclei", "match_nuclei", "nuclei_scores", "sanity_pairs",
+           "nuclei_figure"]
 
 #: the judges this module adds, and whether lower is better for them
 NUCLEI_JUDGES = ("nuclei_f1", "nuclei_count", "nuclei_area")
@@ -186,3 +188,31 @@ def sanity_pairs(hr: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor
         "x4_bicubic": (bicubic_up(down4, size=(h, w)), hr),
         "x4_bilinear": (F.interpolate(down4, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1), hr),
     }
+
+
+def nuclei_figure(images: dict[str, list[torch.Tensor]], index: int = 0, side: int = 96, params: NucleiParams = PARAMS) -> Any:
+    """What the nuclei judge sees on one test image: one panel per method of ``images`` (method -> list of
+    3xHxW images, ``"hr"`` among them), the same centre crop (``side`` px) with the nuclei segmented with HR's
+    threshold outlined, and each method's object F1 against HR in the title. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    hr = images["hr"][index]
+    t = hr_threshold(hr, params)
+    lab_h = segment_nuclei(hr, t, params)
+    h, w = hr.shape[-2:]
+    s = min(side, h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    fig, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2.0), squeeze=False)
+    for ax, (method, ims) in zip(axes[0], images.items()):
+        lab = segment_nuclei(ims[index], t, params)
+        tp, a_h, a_s = match_nuclei(lab_h, lab, params.iou)
+        rgb = ims[index].clamp(0, 1).permute(1, 2, 0).numpy().copy()
+        rgb[find_boundaries(lab, mode="inner")] = (0.0, 0.9, 0.2)
+        ax.imshow(rgb[top : top + s, left : left + s])
+        ax.set_xticks([]), ax.set_yticks([])
+        f1 = 1.0 if len(a_h) + len(a_s) == 0 else 2 * tp / (len(a_h) + len(a_s))
+        ax.set_title(f"{method}\n{len(a_s)} nuclei, F1 {f1:.2f}", fontsize=9)
+    fig.suptitle("nuclei found (green) with HR's threshold; F1: objects matched to HR's at IoU >= 0.5", fontsize=9)
+    fig.tight_layout()
+    return fig
