@@ -203,7 +203,7 @@ def nuclei_figure(images: dict[str, list[torch.Tensor]], index: int = 0, side: i
     h, w = hr.shape[-2:]
     s = min(side, h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    fig, axes = plt.subplots(1, len(images), figsize=(1.6 * len(images), 2.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(images), figsize=(1.3 * len(images), 1.9), squeeze=False)
     for ax, (method, ims) in zip(axes[0], images.items()):
         lab = segment_nuclei(ims[index], t, params)
         tp, a_h, a_s = match_nuclei(lab_h, lab, params.iou)

@@ -62,8 +62,8 @@ def goal_line(g: dict[str, Any]) -> str:
             f"{im}goal {'MET' if g['met'] else 'NOT met'}")
 
 
-def _fmt(judge: str, v: float) -> str:
-    return f"{v:.2f}" if judge == "psnr" else f"{v:.3f}" if judge.startswith("nuclei") else f"{v:.4f}"
+def _fmt(judge: str, v: float, digits: int = 3) -> str:
+    return f"{v:.2f}" if judge == "psnr" else f"{v:.{digits}f}"
 
 
 def best_methods(table: Any, judges: Sequence[str] = JUDGES, exclude: Sequence[str] = ("bicubic",)) -> dict[str, str]:
@@ -73,29 +73,34 @@ def best_methods(table: Any, judges: Sequence[str] = JUDGES, exclude: Sequence[s
     return {j: str(rows[j].idxmin() if j in LOWER_IS_BETTER else rows[j].idxmax()) for j in judges}
 
 
-def compact_table(table: Any, judges: Sequence[str] = JUDGES) -> Any:
-    """DataFrame, one row per method, one column per judge (short names, arrow: which way is better):
-    ``"mean [low, high]"`` (95 % bootstrap), ``*`` after the best arm's (bicubic excluded)."""
+def compact_table(table: Any, judges: Sequence[str] = JUDGES, digits: int = 3) -> Any:
+    """DataFrame, one row per judge (short name, arrow: which way is better), one column per method:
+    ``"mean [low, high]"`` (95 % bootstrap; PSNR in dB with 2 decimals, the others with ``digits``), ``*`` after
+    the best arm's (bicubic excluded). Narrow enough for a notebook (about 150 px per method)."""
     import pandas as pd
 
     best = best_methods(table, judges)
-    cols = {}
+    rows = {}
     for j in judges:
         arrow = "\u2193" if j in LOWER_IS_BETTER else "\u2191"
-        cols[f"{LABELS[j]} {arrow}"] = [
-            f"{_fmt(j, r[j])} [{_fmt(j, r[j + '_lo'])}, {_fmt(j, r[j + '_hi'])}]" + (" *" if best[j] == m else "")
-            for m, r in table.iterrows()]
-    return pd.DataFrame(cols, index=table.index)
+        rows[f"{LABELS[j]} {arrow}"] = {
+            m: f"{_fmt(j, r[j], digits)} [{_fmt(j, r[j + '_lo'], digits)}, {_fmt(j, r[j + '_hi'], digits)}]"
+               + (" *" if best[j] == m else "")
+            for m, r in table.iterrows()}
+    out = pd.DataFrame(rows).T
+    out.columns.name = "judge (95 % CI), * best arm"
+    return out
 
 
 def format_table(table: Any, judges: Sequence[str] = JUDGES) -> str:
-    """The test table as text: chosen weight and setting per method, then mean [95 % interval] per judge,
-    ``*`` marking the best arm per judge."""
-    compact = compact_table(table, judges)
-    head = table[[c for c in ("weight", "setting") if c in table.columns]].copy()
-    if "weight" in head:
-        head["weight"] = [("" if not np.isfinite(w) else f"{w:.3g}") for w in head["weight"]]
-    return head.join(compact).to_string()
+    """The test table as text: each arm's chosen weight and setting, then one row per judge with every
+    method's mean [95 % interval] (:func:`compact_table`, 4 decimals), ``*`` marking the best arm."""
+    lines = []
+    if "weight" in table.columns:
+        lines.append("chosen: " + "; ".join(f"{m} {'' if not np.isfinite(r['weight']) else f'w={r.weight:.3g}'} {r.get('setting', '')}".strip()
+                                            for m, r in table.iterrows() if m != "bicubic"))
+    lines.append(compact_table(table, judges, digits=4).to_string())
+    return "\n".join(lines)
 
 
 def save_png(x: torch.Tensor, path: Path) -> None:
