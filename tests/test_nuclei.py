@@ -81,3 +81,16 @@ def test_bench_smoke_prints_the_shipped_choice(capsys):
     best = nuclei_judge.main(["--smoke"])
     assert (best["sigma"], best["min_area"], best["min_distance"]) == (N.SIGMA, N.MIN_AREA, N.MIN_DISTANCE)
     assert "= aeutils.metrics.nuclei.PARAMS" in capsys.readouterr().out
+
+
+def test_figure_outlines_each_methods_nuclei():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hr = _discs([(20, 20), (44, 40)])
+    fig = N.nuclei_figure({"hr": [hr], "blank": [_discs([])]}, side=64)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["hr\n2 nuclei, F1 1.00", "blank\n0 nuclei, F1 0.00"]
+    plt.close(fig)

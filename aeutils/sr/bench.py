@@ -42,7 +42,7 @@ from aeutils.sr.search import (  # noqa: F401
 
 __all__ = [
     "ARMS", "IMAGENET_ARMS", "ENCODER_ARMS", "GRID", "GRID_DOWN", "TAPS", "NORMALIZES", "PSNR_BUDGET_DB",
-    "CHOICE_BUDGET_DB", "HAARPSI_BUDGET", "STLPIPS_MARGIN", "DEFAULT_STEPS", "JUDGES", "LOWER_IS_BETTER",
+    "CHOICE_BUDGET_DB", "CURVE_SPAN_DB", "HAARPSI_BUDGET", "STLPIPS_MARGIN", "DEFAULT_STEPS", "JUDGES", "LOWER_IS_BETTER",
     "SRBenchResult", "cpu_name", "Judges", "bootstrap", "load_eval_images", "bundled", "test_tiles",
     "build_content_losses", "matched_weight", "choose", "choose_weight", "weight_search", "goal", "choose_threads",
     "crops_figure", "tradeoff_figure", "run", "format_table", "compact_table", "goal_line",
@@ -229,7 +229,7 @@ def run(
     from aeutils.sr.degrade import downscale, upscale_bicubic
     from aeutils.sr.network import super_resolve
     from aeutils.sr.report import save_png
-    from aeutils.sr.search import point_label, sr_model
+    from aeutils.sr.search import sr_model
 
     say = (lambda s: None) if quiet else (lambda s: print(s, flush=True))
     t0 = time.perf_counter()
