@@ -30,9 +30,9 @@ def test_choose_weight_rule():
 
 
 def test_weight_search_follows_the_curve_then_stops():
-    from aeutils.sr.search import CHOICE_BUDGET_DB, CURVE_SPAN_DB, weight_search
+    from aeutils.sr.search import CHOICE_BUDGET_DB, CURVE_SPAN_DB, PSNR_BUDGET_DB, weight_search
 
-    assert CHOICE_BUDGET_DB == sr_losses.run.__globals__["PSNR_BUDGET_DB"] / 2 and CURVE_SPAN_DB == 1.0
+    assert CHOICE_BUDGET_DB == PSNR_BUDGET_DB / 2 and CURVE_SPAN_DB == 1.0
     psnr = {0.1: 26.0, 0.3: 25.9, 1.0: 25.8, 3.0: 25.75, 10.0: 24.9, 30.0: 24.0}
     calls = []
 
