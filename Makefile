@@ -1,11 +1,11 @@
-# The two entry points (README): `make demo` and `make test`. Both set everything up in .venv first.
+# The two entry points (README): `make demo` and `make test` (`make test-fast` while you work). All set everything up in .venv first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 WORK   ?= work
 
-.PHONY: demo test setup figures clean
+.PHONY: demo test test-fast setup figures clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ figures: $(STAMP)
 test: export CI ?= true
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15
+
+# The fast lane while you work: the unit tests without the ones marked slow (end-to-end training, torchrun,
+# the browser, the benches' smoke runs, kill -9 / resume, whole-slide encodes; tests/conftest.py lists them)
+# and without the notebooks. `make test` stays the full suite.
+test-fast: export CI ?= true
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow" --durations=10
 
 clean:
 	rm -rf $(VENV) $(WORK) .pytest_cache

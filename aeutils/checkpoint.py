@@ -1,5 +1,14 @@
 """One checkpoint format for everything: training resume, the shipped model, the loss.
 
+Getting a model, the rule: :func:`load_model` is the one entry. ``load_model()`` is the shipped model
+(or ``$MSCOPY_PRETRAINED``), ``load_model(path)`` a checkpoint file, ``load_model(model)`` an
+:class:`~aeutils.model.Autoencoder` you already have (returned as it is); everything that takes "a
+model, a checkpoint path, or nothing" (the loss, the explorers, the figures, ``encode``) goes through
+it. :func:`load_checkpoint` is the lower-level loader, for when you need more than the model: its
+metadata and training state (resuming). Which *file* a notebook uses (the one named, else a finished
+run, else the shipped model) is run discovery (``pick_checkpoint``), not loading. ``load_pretrained``
+and ``as_model`` are deprecated names of ``load_model``.
+
 A checkpoint is a ``torch.save`` of plain data only (dicts, lists, strings, numbers, tensors)::
 
     {"format": "mscopy-ae/1",
@@ -20,6 +29,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import os
 import pickle
 import platform
@@ -30,8 +40,8 @@ from typing import Any
 
 import torch
 
-from aeutils.errors import CheckpointError
-from aeutils.io import atomic_path
+from aeutils.errors import CheckpointError, one_line
+from aeutils.io import atomic_write_bytes
 from aeutils.model import Autoencoder, AutoencoderConfig
 
 FORMAT = "mscopy-ae/1"
@@ -167,7 +177,8 @@ def save_checkpoint(
     ``metrics`` go into ``meta["epoch"]`` / ``meta["metrics"]``; ``meta`` also gets
     ``normalisation`` (the model's mean/std), ``versions`` (aeutils, torch, torchvision, numpy,
     python) and ``created`` (UTC ISO time) unless it has them. Returns the path.
-    An exception while writing leaves an existing file at ``path`` untouched.
+    An exception while writing leaves an existing file at ``path`` untouched; a full disk is an
+    ``OSError`` (errno ENOSPC).
     """
     ae = _unwrap(model)
     full_meta = dict(meta or {})
@@ -189,9 +200,9 @@ def save_checkpoint(
     if train_state:
         payload["train_state"] = _plain(dict(train_state), "train_state")
     payload["state_digest"] = data_digest(_state_part(payload))
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    buffer = io.BytesIO()  # serialised in memory, then written with plain writes: a full disk is an OSError
+    torch.save(payload, buffer)  # (torch.save to a file raises "RuntimeError: unexpected pos" there instead)
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -229,8 +240,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{type(exc).__name__}: {text[:120]}"
+    return f"{type(exc).__name__}: {one_line(exc, 120)}"
 
 
 def _config_diff(a: AutoencoderConfig, b: AutoencoderConfig) -> str:
@@ -293,74 +303,55 @@ def load_checkpoint(
 
 
 def load_model(
-    path: str | os.PathLike[str],
+    source: "Autoencoder | str | os.PathLike[str] | None" = None,
     map_location: str | torch.device = "cpu",
     *,
     config: AutoencoderConfig | None = None,
 ) -> Autoencoder:
-    """Just the model of a checkpoint, in eval mode (``config``: as in :func:`load_checkpoint`)."""
-    return load_checkpoint(path, map_location, config=config).model
+    """The one way to get a model: ``source`` is a checkpoint path (loaded with :func:`load_checkpoint`,
+    eval mode, on ``map_location``), ``None`` (the shipped model, trained on the bundled sample slides,
+    offline; ``$MSCOPY_PRETRAINED`` points to another checkpoint, see :func:`pretrained_path`), or an
+    :class:`~aeutils.model.Autoencoder` (returned as it is: not copied, not moved, mode untouched).
+    ``config``: the model must have exactly this architecture (else :class:`CheckpointError`). Missing,
+    corrupt or unsafe files raise :class:`CheckpointError` naming them; any other ``source`` ``TypeError``.
+    """
+    if isinstance(source, Autoencoder):
+        if config is not None and source.config != config:
+            raise CheckpointError(f"model is for another architecture: {_config_diff(source.config, config)}")
+        return source
+    if source is None:
+        path = pretrained_path()
+        if not path.exists():
+            why = (
+                f"${PRETRAINED_ENV} points to a missing file"
+                if PRETRAINED_ENV in os.environ
+                else f"the shipped pretrained model is missing from this install; set ${PRETRAINED_ENV} to a checkpoint"
+            )
+            raise CheckpointError(f"{path}: no such checkpoint file ({why})")
+        return load_checkpoint(path, map_location, config=config).model
+    if isinstance(source, (str, os.PathLike)):
+        return load_checkpoint(source, map_location, config=config).model
+    raise TypeError(f"expected an Autoencoder, a checkpoint path or None, got {type(source).__name__}")
+
+
+def _deprecated(old: str) -> None:
+    import warnings
+
+    warnings.warn(f"aeutils {old} is deprecated: use aeutils.load_model (the one way to get a model)",
+                  DeprecationWarning, stacklevel=3)
 
 
 def load_pretrained(map_location: str | torch.device = "cpu") -> Autoencoder:
-    """The shipped model (trained on the bundled sample slide), eval mode, no download.
-
-    ``$MSCOPY_PRETRAINED`` points to another checkpoint instead (see :func:`pretrained_path`).
-    """
-    path = pretrained_path()
-    if not path.exists():
-        why = (
-            f"${PRETRAINED_ENV} points to a missing file"
-            if PRETRAINED_ENV in os.environ
-            else f"the shipped pretrained model is missing from this install; set ${PRETRAINED_ENV} to a checkpoint"
-        )
-        raise CheckpointError(f"{path}: no such checkpoint file ({why})")
-    return load_model(path, map_location)
+    """Deprecated: ``load_model()`` (the shipped model). Same result, with a ``DeprecationWarning``."""
+    _deprecated("load_pretrained()")
+    return load_model(None, map_location)
 
 
 def as_model(
-    model_or_path: Autoencoder | str | os.PathLike[str] | None = None,
+    model_or_path: "Autoencoder | str | os.PathLike[str] | None" = None,
     map_location: str | torch.device = "cpu",
 ) -> Autoencoder:
-    """The one way callers turn "a model, a checkpoint path, or nothing" into an :class:`Autoencoder`.
+    """Deprecated: ``load_model(model_or_path)``. Same result, with a ``DeprecationWarning``."""
+    _deprecated("as_model()")
+    return load_model(model_or_path, map_location)
 
-    An ``Autoencoder`` is returned as it is (not moved, mode untouched); a ``str``/``PathLike`` is loaded
-    with :func:`load_model` (eval mode, on ``map_location``); ``None`` gives :func:`load_pretrained`.
-    Anything else raises ``TypeError``.
-    """
-    if model_or_path is None:
-        return load_pretrained(map_location)
-    if isinstance(model_or_path, (str, os.PathLike)):
-        return load_model(model_or_path, map_location)
-    if isinstance(model_or_path, Autoencoder):
-        return model_or_path
-    raise TypeError(
-        f"expected an Autoencoder, a checkpoint path or None, got {type(model_or_path).__name__}"
-    )
-
-
-def pick_checkpoint(
-    checkpoint: str | os.PathLike[str] | None = None, runs_dir: str | os.PathLike[str] | None = None
-) -> tuple[Path, str]:
-    """Which model a notebook uses, and one line saying so: ``(path, line)``.
-
-    ``checkpoint`` if given (it must exist); else ``best.pt`` of the newest *finished* run under
-    ``runs_dir`` (notebook 03's runs: :func:`aeutils.training.find_runs`); else the shipped model
-    (:func:`pretrained_path`). Load it with :func:`as_model`.
-    """
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        return path, f"model: {path} (given)"
-    if runs_dir is not None:
-        from aeutils.training import find_runs
-
-        runs = find_runs(runs_dir)
-        if runs:
-            return runs[0] / "best.pt", f"model: {runs[0] / 'best.pt'} (notebook 03's newest finished run)"
-        why = f"no finished run under {runs_dir}"
-    else:
-        why = "no runs folder given"
-    path = pretrained_path()
-    return path, f"model: the shipped {path.name} ({why})"

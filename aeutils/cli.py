@@ -39,6 +39,18 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names_printable() -> None:
+    """File names that are not UTF-8 (bytes on Linux) are printed as they are (their bytes, on a UTF-8
+    stdout), not a UnicodeEncodeError; stderr already escapes them."""
+    out = sys.stdout
+    if getattr(out, "errors", None) == "strict" and hasattr(out, "reconfigure"):
+        utf8 = (getattr(out, "encoding", "") or "").lower().replace("-", "") == "utf8"
+        try:
+            out.reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+        except (ValueError, OSError):  # pragma: no cover - a stream that cannot be reconfigured
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -50,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"error: unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    _names_printable()
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"python -m aeutils {name}", description=COMMANDS[name][1])

@@ -40,7 +40,7 @@ class EncodedBatch:
 
     ``inputs`` Nx3xSxS in [0, 1]; ``latent`` Nx(latent_channels)xsxs (s = (S+3)/4; 1 channel for the
     shipped model); ``outputs`` Nx3xSxS in [0, 1];
-    ``features`` the encoder taps keyed by :data:`aeutils.model.STAGES` (only when asked for);
+    ``features`` the activations at the encoder's taps, keyed by :data:`aeutils.model.TAPS` (only when asked for);
     ``psnr`` (dB) and ``ssim`` per image (length N).
     """
 
@@ -60,7 +60,7 @@ def encode_batch(
     (uint8 0-255) raises ``TypeError`` (convert with ``x.float() / 255``, or use :func:`rgb_batch`).
 
     Returns :class:`EncodedBatch` (float32 tensors on the CPU); with ``features=True`` it also keeps every
-    encoder stage's maps. ``speed``: None (default) runs as :func:`aeutils.speed.inference_choice`
+    encoder tap's maps. ``speed``: None (default) runs as :func:`aeutils.speed.inference_choice`
     decides for this chunk shape (fp32 until enough chunks were encoded in this process for its probe
     to pay; a few figures' worth never probes), or a candidate name of :data:`aeutils.speed.CANDIDATES`
     to force one (also ``$MSCOPY_CPU_SPEED``). The model is never modified.

@@ -28,3 +28,19 @@ class CheckpointError(AeutilsError):
 
 class TrainingError(AeutilsError):
     """Training cannot go on (non-finite loss, no data, ...); the last good checkpoint is kept."""
+
+
+class FolderBusyError(AeutilsError):
+    """An output folder another process is writing to (its lock file names that process's pid)."""
+
+
+class DeviceError(AeutilsError):
+    """A compute device asked for (``--device``, ``$MSCOPY_DEVICE``) that this machine does not have."""
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """``exc``'s message on one line (every run of whitespace, newlines included, becomes one space),
+    cut to ``limit`` characters if given; the exception's type name when it has no message. The one
+    way an underlying error is quoted inside an ``error: FILE: problem (...)`` line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: max(0, limit - 3)] + "..."

@@ -11,16 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from aeutils.model import STAGES, Autoencoder, AutoencoderConfig, ResidualBlock, check_size
+from aeutils.model import TAPS, Autoencoder, AutoencoderConfig, ResidualBlock, check_size
 
 #: names of the decoder's four parts, in order (mirrors of stage3, stage2, stage1, then the output conv)
 DECODER_STAGES: tuple[str, ...] = ("stage3", "stage2", "stage1", "output")
 
 
 def stages(model: Autoencoder) -> list[tuple[str, nn.Module]]:
-    """The eight parts of the model in forward order, named ``encoder.<STAGES>`` and
-    ``decoder.<DECODER_STAGES>``."""
-    return [(f"encoder.{n}", m) for n, m in zip(STAGES, model.encoder)] + [
+    """The eight parts of the model in forward order, named ``encoder.<TAPS>`` (each encoder stage by the
+    tap it ends at) and ``decoder.<DECODER_STAGES>``."""
+    return [(f"encoder.{n}", m) for n, m in zip(TAPS, model.encoder)] + [
         (f"decoder.{n}", m) for n, m in zip(DECODER_STAGES, model.decoder)
     ]
 

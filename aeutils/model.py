@@ -12,6 +12,11 @@ Other sides raise ``ValueError`` naming the nearest valid ones. The rule is a *d
 Integer input (uint8 0-255) raises ``TypeError`` naming the conversion ``x.float() / 255``: one check,
 :func:`_check_batch`, for the model, :class:`aeutils.losses.EncodingLoss` and :func:`aeutils.encoding.encode_batch`.
 
+Words: a *stage* is a block of the model (a stage-changing conv and its residual blocks); a *tap* is a
+point where the encoder's activations are read, named after the stage it ends (:data:`TAPS`: stage1,
+stage2, stage3, latent). :class:`Encoder` is the encoder half alone (what
+:class:`aeutils.losses.EncodingLoss` holds: no decoder).
+
 Looking inside a model (shapes, FLOPs, receptive field) is :mod:`aeutils.introspect`.
 """
 from __future__ import annotations
@@ -30,8 +35,25 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
 }
 
-#: names of the encoder taps, in order (ends of the three residual stages, then the latent)
-STAGES: tuple[str, ...] = ("stage1", "stage2", "stage3", "latent")
+#: the encoder's taps, in order: the points where its activations are read (by
+#: :class:`aeutils.losses.EncodingLoss`, :func:`aeutils.encoding.encode_batch`, the explorers). A *stage*
+#: is a block of the model; each tap is named after the stage it ends: the ends of the three residual
+#: stages (1/2, 1/4, 1/4 resolution), then the latent.
+TAPS: tuple[str, ...] = ("stage1", "stage2", "stage3", "latent")
+
+#: deprecated names -> (current name, value): still importable, with a ``DeprecationWarning``
+_DEPRECATED = {"STAGES": ("TAPS", TAPS)}
+
+
+def __getattr__(name: str) -> Any:
+    """``aeutils.model.STAGES``: the old name of :data:`TAPS` (``DeprecationWarning``)."""
+    if name in _DEPRECATED:
+        import warnings
+
+        new, value = _DEPRECATED[name]
+        warnings.warn(f"aeutils.model.{name} is deprecated: use aeutils.model.{new}", DeprecationWarning, stacklevel=2)
+        return value
+    raise AttributeError(f"module 'aeutils.model' has no attribute {name!r}")
 
 
 def unknown_fields(cls: type, data: dict[str, Any]) -> list[str]:
@@ -170,7 +192,7 @@ class Autoencoder(nn.Module):
     """The autoencoder. Inputs and outputs are RGB float tensors in [0, 1], shape Nx3xHxW with
     H, W = 1 (mod 4); the encoding is Nx(latent_channels)x((H+3)/4)x((W+3)/4), unbounded floats.
 
-    ``encoder`` is an ``nn.ModuleList`` of the four stages named in :data:`STAGES`, ``decoder``
+    ``encoder`` is an ``nn.ModuleList`` of the four stages, each ending at a tap of :data:`TAPS`, ``decoder``
     an ``nn.Sequential``. In eval mode the decoded image is clamped to [0, 1]; in train mode it is
     not (so the loss sees, and corrects, overshoot).
     """
@@ -208,32 +230,21 @@ class Autoencoder(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One encoder pass over an input of **any** size: ``(latent, {tap: activation})``.
 
-        The one place "normalise, then run the stages" is written: :meth:`encode`,
-        :meth:`encode_features`, :class:`aeutils.losses.EncodingLoss` and :mod:`aeutils.slidemap` all
-        call it. ``x``: Nx3xHxW RGB in [0, 1], H, W >= 1 pixels (no 4k+1 rule: the encoder is fully
-        convolutional; latent side ``ceil(ceil(H/2)/2)``, latent pixel ``j`` centred on input pixel
-        ``4j``), computed in ``x``'s dtype. ``taps``: names from :data:`STAGES` whose activations are
-        also returned (stage1 Nx(widths[0])x(H/2)x(W/2), stage2 Nx(widths[1]) and stage3
-        Nx(widths[2]) at H/4, latent Nx(latent_channels)x(H/4)x(W/4), sides rounded up).
-        ``stop_after``: a name from :data:`STAGES`; the deeper stages are not run and the first value
-        returned is that stage's activation instead of the latent (a loss that only needs stage1 pays
-        for stage1 only).
+        The one place "normalise, then run the stages" is written (:func:`_encoder_pass`):
+        :meth:`encode`, :meth:`encode_features`, :class:`Encoder` (what
+        :class:`aeutils.losses.EncodingLoss` holds) and :mod:`aeutils.slidemap` all run it. ``x``:
+        Nx3xHxW RGB in [0, 1], H, W >= 1 pixels (no 4k+1 rule: the encoder is fully convolutional;
+        latent side ``ceil(ceil(H/2)/2)``, latent pixel ``j`` centred on input pixel ``4j``), computed in
+        ``x``'s dtype. ``taps``: names from :data:`TAPS` whose activations are also returned (stage1
+        Nx(widths[0])x(H/2)x(W/2), stage2 Nx(widths[1]) and stage3 Nx(widths[2]) at H/4, latent
+        Nx(latent_channels)x(H/4)x(W/4), sides rounded up). ``stop_after``: a tap from :data:`TAPS`; the
+        deeper stages are not run and the first value returned is that tap's activation instead of the
+        latent (a loss that only needs stage1 pays for stage1 only).
         """
-        _check_batch(x, self.config.in_channels)
-        unknown = [t for t in (*taps, *([] if stop_after is None else [stop_after])) if t not in STAGES]
-        if unknown:
-            raise ValueError(f"unknown encoder taps {unknown}: choose from {', '.join(STAGES)}")
-        depth = len(STAGES) if stop_after is None else STAGES.index(stop_after) + 1
-        h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        out: dict[str, torch.Tensor] = {}
-        for name, stage in zip(STAGES[:depth], self.encoder):
-            h = stage(h)
-            if name in taps:
-                out[name] = h
-        return h, out
+        return _encoder_pass(self.encoder, self.mean, self.std, self.config.in_channels, x, taps, stop_after)
 
     def encode_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations at the end of each encoder stage and the latent, keyed by :data:`STAGES`.
+        """The activations at every tap (the end of each encoder stage, and the latent), keyed by :data:`TAPS`.
 
         ``x``: Nx3xHxW RGB in [0, 1], H, W = 1 (mod 4). Stage widths come from ``config.widths``
         (``(w1, w2, w3)``): stage1 Nx(w1)x((H+1)/2)x((W+1)/2), stage2 Nx(w2) and stage3 Nx(w3) at
@@ -242,7 +253,7 @@ class Autoencoder(nn.Module):
         latent Nx1x46x46 (the default config's stage1 is 64 wide).
         """
         self._check_input(x)
-        return self.encoder_forward(x, STAGES)[1]
+        return self.encoder_forward(x, TAPS)[1]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Nx3xHxW RGB in [0, 1] (H, W = 1 mod 4, so it decodes back) ->
@@ -260,6 +271,58 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction of ``x``: same shape, RGB in [0, 1]."""
         return self.decode(self.encode(x))
+
+
+def _encoder_pass(
+    stages: nn.ModuleList, mean: torch.Tensor, std: torch.Tensor, channels: int, x: torch.Tensor,
+    taps: tuple[str, ...] | list[str] = (), stop_after: str | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The encoder loop, written once: check ``x``, normalise with ``mean``/``std``, run ``stages`` up to
+    ``stop_after``, keep the activations at ``taps`` (see :meth:`Autoencoder.encoder_forward`)."""
+    _check_batch(x, channels)
+    unknown = [t for t in (*taps, *([] if stop_after is None else [stop_after])) if t not in TAPS]
+    if unknown:
+        raise ValueError(f"unknown encoder taps {unknown}: choose from {', '.join(TAPS)}")
+    depth = len(TAPS) if stop_after is None else TAPS.index(stop_after) + 1
+    h = (x - mean.to(x.dtype)) / std.to(x.dtype)
+    out: dict[str, torch.Tensor] = {}
+    for name, stage in zip(TAPS[:depth], stages):
+        h = stage(h)
+        if name in taps:
+            out[name] = h
+    return h, out
+
+
+class Encoder(nn.Module):
+    """The encoder half of an :class:`Autoencoder` on its own: a copy of its stages (``encoder``, the same
+    ``nn.ModuleList`` layout and state-dict keys) and its input normalisation, **no decoder**. What a
+    loss holds (:class:`aeutils.losses.EncodingLoss`): half the weights of the whole model in memory.
+
+    ``Encoder(model)`` copies ``model``'s encoder (the model is not modified); call it as
+    :meth:`Autoencoder.encoder_forward`: ``latent, taps = enc(x, taps=(), stop_after=None)``, ``x``
+    Nx3xHxW RGB in [0, 1], any H, W >= 1.
+    """
+
+    def __init__(self, model: "Autoencoder") -> None:
+        super().__init__()
+        import copy
+
+        self.config = model.config
+        self.encoder = copy.deepcopy(model.encoder)
+        self.register_buffer("mean", model.mean.detach().clone(), persistent=False)
+        self.register_buffer("std", model.std.detach().clone(), persistent=False)
+
+    def forward(
+        self, x: torch.Tensor, taps: tuple[str, ...] | list[str] = (), *, stop_after: str | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(latent, {tap: activation})``, as :meth:`Autoencoder.encoder_forward`."""
+        return _encoder_pass(self.encoder, self.mean, self.std, self.config.in_channels, x, taps, stop_after)
+
+    encoder_forward = forward
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"widths={c.widths}, latent_channels={c.latent_channels}, n_blocks={c.n_blocks}, activation={c.activation!r}"
 
 
 def count_parameters(module: nn.Module) -> int:

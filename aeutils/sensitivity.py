@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from aeutils.losses import EncodingLoss
-from aeutils.model import STAGES, Autoencoder, check_size
+from aeutils.losses.controls import random_encoder
+from aeutils.model import TAPS, Autoencoder, check_size
 from aeutils.sr.degrade import bicubic_down, bicubic_up
 
 
@@ -214,26 +215,29 @@ class SensitivityResult:
 
 
 def random_control(model: Autoencoder, seed: int = 0) -> Autoencoder:
-    """The control encoder: ``model``'s architecture with fresh random weights (eval mode), seeded
-    with ``seed + 12345`` (not the seed a random-init checkpoint was likely saved with)."""
-    torch.manual_seed(seed + 12345)
-    return Autoencoder(model.config).eval()
+    """Deprecated: :func:`aeutils.losses.controls.random_encoder` ``(model.config, seed=seed)``, the one
+    random-weight control (this used to seed with ``seed + 12345``, so two benches had two random encoders)."""
+    import warnings
+
+    warnings.warn("aeutils.sensitivity.random_control is deprecated: use "
+                  "aeutils.losses.controls.random_encoder(model.config, seed=seed)", DeprecationWarning, stacklevel=2)
+    return random_encoder(model.config, seed=seed)
 
 
 def default_variants() -> dict[str, dict[str, Any]]:
     """EncodingLoss settings compared by :func:`sensitivity_table`: the default ("", stage1 with
     instance normalisation), each tap alone without normalisation, and tap sets with per-channel
     ("norm") or per-image instance ("inorm") normalisation."""
-    every = {k: 1.0 for k in STAGES}
+    every = {k: 1.0 for k in TAPS}
     variants: dict[str, dict[str, Any]] = {"": {}}
-    for tap in STAGES:
-        variants[f":{tap}"] = {"layer_weights": {tap: 1.0}, "normalize": "none"}
-    variants[":stage1+2"] = {"layer_weights": {"stage1": 1.0, "stage2": 1.0}, "normalize": "none"}
-    variants[":all"] = {"layer_weights": every, "normalize": "none"}
-    variants[":stage1+norm"] = {"layer_weights": {"stage1": 1.0}, "normalize": "channel"}
-    variants[":all+norm"] = {"layer_weights": every, "normalize": "channel"}
-    variants[":stage1+2+inorm"] = {"layer_weights": {"stage1": 1.0, "stage2": 1.0}, "normalize": "instance"}
-    variants[":all+inorm"] = {"layer_weights": every, "normalize": "instance"}
+    for tap in TAPS:
+        variants[f":{tap}"] = {"tap_weights": {tap: 1.0}, "normalize": "none"}
+    variants[":stage1+2"] = {"tap_weights": {"stage1": 1.0, "stage2": 1.0}, "normalize": "none"}
+    variants[":all"] = {"tap_weights": every, "normalize": "none"}
+    variants[":stage1+norm"] = {"tap_weights": {"stage1": 1.0}, "normalize": "channel"}
+    variants[":all+norm"] = {"tap_weights": every, "normalize": "channel"}
+    variants[":stage1+2+inorm"] = {"tap_weights": {"stage1": 1.0, "stage2": 1.0}, "normalize": "instance"}
+    variants[":all+inorm"] = {"tap_weights": every, "normalize": "instance"}
     return variants
 
 

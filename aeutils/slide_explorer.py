@@ -4,7 +4,7 @@ and its reconstruction, as :class:`aeutils.viz.Explorer` shows a patch.
 The slide's thumbnail (and, if given, its encoding map from ``python -m aeutils encode``, read back
 with :mod:`aeutils.slides`) show a box at the current patch. The location is chosen with the ``x`` /
 ``y`` sliders (patch centre, input pixels at the chosen scale), or by a click on either thumbnail
-(:meth:`SlideExplorer.click`; live mouse clicks need the optional ``ipyevents`` package, without it
+(:meth:`SlideExplorer.click`; live mouse clicks come through ``ipyevents``, in the notebooks extra; without it
 the sliders do the same). Each move reads one ``size`` px patch (:func:`aeutils.scale.read_scaled`),
 runs the model on it (:func:`aeutils.encoding.encode_batch`) and redraws one reused
 :class:`aeutils.viz.PatchPanel`: input | encoding view | reconstruction | error.
@@ -43,8 +43,8 @@ class SlideExplorer:
 
     ``slide``: a whole-slide image path. ``model``: an Autoencoder, a checkpoint path, or None (the
     shipped model). ``encoding``: the slide's ``.encoding.tiff`` (optional; shown beside the slide).
-    ``level`` / ``mpp`` / ``assume_mpp``: the input scale, as ``extract`` and ``encode``
-    (:func:`aeutils.scale.resolve_scale`). ``size``: patch side in input px (4k+1, default 181).
+    ``level`` / ``mpp`` / ``assume_mpp`` / ``resample_filter``: the input scale, as ``extract`` and
+    ``encode`` (:func:`aeutils.scale.resolve_scale`). ``size``: patch side in input px (4k+1, default 181).
     ``x``, ``y``: the first patch centre (default: the centre of the tissue).
 
     Controls (set ``.value`` from code, or use the mouse): ``x``, ``y`` (IntSliders, patch centre in
@@ -62,6 +62,7 @@ class SlideExplorer:
         level: int | None = None,
         mpp: float | None = None,
         assume_mpp: float | None = None,
+        resample_filter: str | None = None,
         size: int = 181,
         thumb_side: int = 360,
         x: int | None = None,
@@ -71,7 +72,7 @@ class SlideExplorer:
     ) -> None:
         import ipywidgets as w
 
-        from aeutils.checkpoint import as_model
+        from aeutils.checkpoint import load_model
         from aeutils.model import check_size
         from aeutils.scale import resolve_scale
         from aeutils.slides import open_slide
@@ -79,10 +80,10 @@ class SlideExplorer:
         from aeutils.viz import VIEW_LABELS, VIEWS, PatchPanel
 
         check_size(size, size)
-        self.model = as_model(model)
+        self.model = load_model(model)
         self.size = int(size)
         self.slide = open_slide(slide)
-        self.choice = resolve_scale(self.slide, level=level, mpp=mpp, assume_mpp=assume_mpp)
+        self.choice = resolve_scale(self.slide, level=level, mpp=mpp, assume_mpp=assume_mpp, filter=resample_filter)
         self.mpp = self.choice.mpp
         self.width, self.height = self.choice.output_dimensions
         if self.size > min(self.width, self.height):
@@ -128,7 +129,11 @@ class SlideExplorer:
         self._hold = False
         self.encoded: Any = None
         scale = f"{self.mpp:.4g} \u00b5m/px" if self.mpp else "scale unknown"
-        pictures = [w.VBox([w.HTML("<b>slide</b> (click or use the sliders)"), self.thumb])]
+        self._events = self._connect_clicks()
+        how = "click or use the sliders" if self._events else "use the sliders; clicks need the ipyevents package"
+        self.thumb.add_class("mscopy-slide-thumb")
+        self.map.add_class("mscopy-slide-map")
+        pictures = [w.VBox([w.HTML(f"<b>slide</b> ({how})"), self.thumb])]
         if self._map is not None:
             pictures.append(w.VBox([w.HTML("<b>encoding map</b>"), self.map]))
         self.widget = w.VBox([
@@ -136,7 +141,7 @@ class SlideExplorer:
                    f"{self.size} px patches"),
             w.HBox(pictures), self.x, self.y, self.view, self.image, self.status,
         ])
-        self._events = self._connect_clicks()
+        self.widget.add_class("mscopy-slide-explorer")
         self.x.observe(self._on_move, names="value")
         self.y.observe(self._on_move, names="value")
         self.view.observe(self._on_view, names="value")

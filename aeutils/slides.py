@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from aeutils.errors import SlideError
+from aeutils.errors import SlideError, one_line
+from aeutils.io import missing_reason
 
 __all__ = ["Slide", "open_slide"]
 
@@ -40,7 +41,7 @@ class Slide:
         self.path = Path(path)
         self.name = self.path.stem
         if not self.path.exists():
-            raise SlideError(f"{self.path}: no such file")
+            raise SlideError(f"{self.path}: {missing_reason(self.path)}")  # no such file, a dangling link, a loop
         if not self.path.is_file():
             raise SlideError(f"{self.path}: not a file")
         openslide = _openslide()
@@ -49,7 +50,7 @@ class Slide:
         except openslide.OpenSlideUnsupportedFormatError:
             raise SlideError(f"{self.path}: {_unsupported_reason(self.path)}") from None
         except (openslide.OpenSlideError, OSError, ValueError) as exc:
-            raise SlideError(f"{self.path}: cannot open slide ({_one_line(exc)}); truncated or corrupt file?") from None
+            raise SlideError(f"{self.path}: cannot open slide ({one_line(exc)}); truncated or corrupt file?") from None
         try:
             self.dimensions: tuple[int, int] = tuple(self._osr.dimensions)  # type: ignore[assignment]
             self.level_count: int = int(self._osr.level_count)
@@ -58,7 +59,7 @@ class Slide:
             props = self._osr.properties
         except openslide.OpenSlideError as exc:
             self.close()
-            raise SlideError(f"{self.path}: cannot read slide ({_one_line(exc)}); truncated or corrupt file?") from None
+            raise SlideError(f"{self.path}: cannot read slide ({one_line(exc)}); truncated or corrupt file?") from None
         self.mpp: float | None = _float_or_none(props.get(openslide.PROPERTY_NAME_MPP_X))
         self.vendor: str | None = props.get(openslide.PROPERTY_NAME_VENDOR)
         if self.dimensions[0] <= 0 or self.dimensions[1] <= 0:
@@ -127,7 +128,7 @@ class Slide:
         try:
             img = self._handle().read_region((int(x), int(y)), int(level), (int(size[0]), int(size[1])))
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.path}: cannot read pixels ({_one_line(exc)}); truncated or corrupt file?") from None
+            raise SlideError(f"{self.path}: cannot read pixels ({one_line(exc)}); truncated or corrupt file?") from None
         return np.asarray(img)
 
     def read_region(self, x: int, y: int, level: int, size: int | tuple[int, int]) -> np.ndarray:
@@ -142,7 +143,7 @@ class Slide:
         try:
             return read_rgb(self._handle(), int(x), int(y), int(level), int(w), int(h))
         except openslide.OpenSlideError as exc:
-            raise SlideError(f"{self.path}: cannot read pixels ({_one_line(exc)}); truncated or corrupt file?") from None
+            raise SlideError(f"{self.path}: cannot read pixels ({one_line(exc)}); truncated or corrupt file?") from None
 
     def thumbnail(self, max_side: int = 1024) -> np.ndarray:
         """The whole slide shrunk to fit ``max_side`` pixels (aspect kept): H x W x 3 uint8 RGB.
@@ -207,8 +208,3 @@ def _float_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) and f > 0 else None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

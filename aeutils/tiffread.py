@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from aeutils.errors import one_line
+
 __all__ = ["TileReader", "tile_reader", "why_not", "close_readers", "describe", "VENDORS", "CACHE_BYTES"]
 
 #: OpenSlide vendors whose levels are plain TIFF pages (tiles abut, no overlaps, no stitching)
@@ -173,7 +175,7 @@ def _build(path: str, level: int, osr: Any) -> TileReader | str:
                 return (f"tile decoding differs from OpenSlide at level {level} region {(x, y, w, h)} "
                         f"(max abs diff {int(np.abs(ours.astype(np.int16) - ref).max())})")
     except Exception as exc:  # a tile tifffile/imagecodecs cannot decode, or OpenSlide cannot read
-        return f"verification read failed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        return f"verification read failed ({type(exc).__name__}: {one_line(exc, 120)})"
     finally:
         if ref_osr is not None:
             ref_osr.close()

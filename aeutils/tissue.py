@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from aeutils.errors import PatchError
+from aeutils.errors import PatchError, one_line
+from aeutils.io import missing_reason
 
 __all__ = ["TissueMask", "saturation", "tissue_mask", "detect_tissue", "read_mask", "mask_for_slide", "user_mask",
            "MASK_SUFFIXES"]
@@ -165,7 +166,9 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise PatchError(f"{path}: no such mask file")
+        why = missing_reason(path)
+        raise PatchError(f"{path}: " + ("no such mask file" if why in (None, "no such file") else why)
+                         + (" (a folder, not a mask file)" if path.is_dir() else ""))
     arr: Any = None
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
@@ -175,7 +178,7 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
         except ImportError:
             arr = None
         except Exception as exc:
-            raise PatchError(f"{path}: cannot read the mask ({' '.join(str(exc).split())}); "
+            raise PatchError(f"{path}: cannot read the mask ({one_line(exc)}); "
                              f"expected a PNG or TIFF image") from None
     if arr is None:
         from PIL import Image, UnidentifiedImageError
@@ -188,14 +191,23 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
                     im = im.convert("RGB" if im.mode == "RGBA" else "L")
                 arr = np.asarray(im)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            raise PatchError(f"{path}: cannot read the mask ({' '.join(str(exc).split())}); "
+            raise PatchError(f"{path}: cannot read the mask ({one_line(exc)}); "
                              f"expected a PNG or TIFF image") from None
     arr = np.asarray(arr)
+    _check_finite(arr, str(path))
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         arr = arr[..., :3].any(axis=2)
     if arr.ndim != 2:
         raise PatchError(f"{path}: a mask must be one 2-D image (H x W), got shape {arr.shape}")
     return arr != 0
+
+
+def _check_finite(arr: np.ndarray, source: str) -> None:
+    """:class:`PatchError` for a mask holding NaN or inf (which would count as tissue everywhere they are)."""
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise PatchError(f"{source}: the mask holds {bad} NaN or infinite values; give 0 for glass and "
+                         f"nonzero for tissue")
 
 
 def mask_for_slide(mask: Any, name: str) -> Any:
@@ -210,11 +222,21 @@ def mask_for_slide(mask: Any, name: str) -> Any:
         return mask[name]
     if isinstance(mask, (str, os.PathLike)) and Path(mask).is_dir():
         for suffix in MASK_SUFFIXES:
-            if (Path(mask) / f"{name}{suffix}").is_file():
-                return Path(mask) / f"{name}{suffix}"
+            candidate = Path(mask) / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+            if os.path.islink(candidate):  # a link to nowhere, or a loop: say so, not "no mask"
+                raise PatchError(f"{candidate}: the mask of slide {name} is a {missing_reason(candidate)}")
         raise PatchError(f"{Path(mask) / (name + '.png')}: no mask for slide {name} in {mask} "
                          f"(masks are named <slide stem>.png)")
     return mask
+
+
+def _same_file(a: Any, b: Any) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def user_mask(mask: Any, dimensions: tuple[int, int], *, slide: Any = None) -> TissueMask:
@@ -228,12 +250,16 @@ def user_mask(mask: Any, dimensions: tuple[int, int], *, slide: Any = None) -> T
     """
     if isinstance(mask, (str, os.PathLike)):
         source = str(mask)
+        if slide is not None and _same_file(mask, slide):
+            raise PatchError(f"{mask}: the mask is the slide itself; give a mask image of it (nonzero = tissue, "
+                             f"0 = glass)")
         arr = read_mask(mask)
     else:
         source = "array"
         arr = np.asarray(mask)
         if arr.ndim != 2:
             raise PatchError(f"mask array: a mask must be 2-D (H x W), got shape {arr.shape}")
+        _check_finite(arr, "mask array")
         arr = arr.astype(bool) if arr.dtype != bool else arr
     mh, mw = arr.shape
     w0, h0 = int(dimensions[0]), int(dimensions[1])

@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     lw = {t: 1.0 for t in args.taps.split("+")}
     n_fit, n_train, n_val, size = (2, 2, 1, 48) if args.smoke else (32, 64, 12, 128)
-    plain = EncodingLoss(layer_weights=lw)
+    plain = EncodingLoss(tap_weights=lw)
     cw, fit = fit_channel_weights(plain, bundled("train", n_fit, 64), steps=20 if args.smoke else 300)
     v = ranking_pairs(bundled("val", n_val, size))
     order = [("shift1", "x2"), ("stain", "x2"), ("x2", "x4"), ("shift1", "x4"), ("stain", "x4")]
-    calibrated = CalibratedEncodingLoss(layer_weights=lw, channel_weights=cw)
-    for name, loss in (("uniform", EncodingLoss(layer_weights=lw, reduction="none")),
-                       ("calibrated", CalibratedEncodingLoss(layer_weights=lw, channel_weights=cw, reduction="none"))):
+    calibrated = CalibratedEncodingLoss(tap_weights=lw, channel_weights=cw)
+    for name, loss in (("uniform", EncodingLoss(tap_weights=lw, reduction="none")),
+                       ("calibrated", CalibratedEncodingLoss(tap_weights=lw, channel_weights=cw, reduction="none"))):
         d = {k: loss(v[k], v["ref"]) for k in ("shift1", "stain", "x2", "x4")}
         ok = float(torch.stack([(d[a] < d[b]).float().mean() for a, b in order]).mean())
         print(f"{name}: validation distances " + ", ".join(f"{k} {float(x.mean()):.3f}" for k, x in d.items())

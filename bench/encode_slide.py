@@ -246,13 +246,13 @@ def run_bench(slide: Path, out: Path, *, core: int | None = None, precision: str
     Seconds are means over the repeats (wall and CPU)."""
     import torch
 
-    from aeutils import load_pretrained
+    from aeutils import load_model
     from aeutils.slidemap import encode_slide
     from aeutils.slides import open_slide
     from aeutils.speed import cpu_description
     from aeutils.tissue import detect_tissue
 
-    model = load_pretrained()
+    model = load_model()
     with open_slide(slide) as s:
         w, h = s.dimensions
         _, tissue = detect_tissue(s, 2048)

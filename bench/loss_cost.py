@@ -94,10 +94,10 @@ def measure(argv: list[str] | None = None) -> dict:
     tap_sets = [t for t in args.taps.split(",") if t]
     if args.smoke:
         tap_sets = tap_sets[:1]
-    losses = {"EncodingLoss": EncodingLoss(layer_weights={t: 1.0 for t in tap_sets[0].split("+")}, **kw).to(dev),
+    losses = {"EncodingLoss": EncodingLoss(tap_weights={t: 1.0 for t in tap_sets[0].split("+")}, **kw).to(dev),
               "VGGContentLoss": VGGContentLoss(random_weights=True).to(dev)}
     for taps in tap_sets[1:]:
-        losses[_tap_label(taps)] = EncodingLoss(layer_weights={t: 1.0 for t in taps.split("+")}, **kw).to(dev)
+        losses[_tap_label(taps)] = EncodingLoss(tap_weights={t: 1.0 for t in taps.split("+")}, **kw).to(dev)
     if not (args.no_unfused or args.smoke):
         losses["EncodingLoss(fuse=False)"] = EncodingLoss(fuse=False, **kw).to(dev)
     from aeutils.losses import imagenet as baselines
@@ -120,7 +120,7 @@ def measure(argv: list[str] | None = None) -> dict:
                 times[name].append(t / args.batch)
 
     print(f"device {dev}, torch threads {torch.get_num_threads()}, {args.size} px, batch {args.batch}, "
-          f"{args.repeats} interleaved repeats; encoding taps {losses['EncodingLoss'].layer_weights}")
+          f"{args.repeats} interleaved repeats; encoding taps {losses['EncodingLoss'].tap_weights}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, v in times.items():
         print(f"{name:<26} forward+backward per image: median {med[name] * 1e3:9.1f} ms  "

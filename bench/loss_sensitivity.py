@@ -43,12 +43,12 @@ class SensitivityBench:
 
     def report(self) -> str:
         """What the command prints: model, CPU, table, verdict."""
-        from aeutils.losses.encoding import DEFAULT_LAYER_WEIGHTS
+        from aeutils.losses.encoding import DEFAULT_TAP_WEIGHTS
 
         c = self.cpu
         flags = f"AVX512_BF16 {'yes' if c['avx512_bf16'] else 'no'}, AMX {'yes' if c['amx_bf16'] else 'no'}"
         return "\n".join([
-            f"model: {self.model}; default layer_weights {DEFAULT_LAYER_WEIGHTS}; {self.seconds:.0f} s",
+            f"model: {self.model}; default tap_weights {DEFAULT_TAP_WEIGHTS}; {self.seconds:.0f} s",
             f"CPU: {c['model']} ({flags}), {c['threads']} torch threads",
             self.result.to_text(list(SHOWN)),
             "",
@@ -62,14 +62,15 @@ def run_bench(
     """Responses of pixel MSE and EncodingLoss (trained encoder and its random-weight control, in the
     variants of :func:`aeutils.sensitivity.default_variants`) on ``n`` held-out ``size`` px patches
     (level 0, 0.499 um/px) of the sample slide; ``checkpoint`` None: the shipped model."""
-    from aeutils.checkpoint import as_model, pretrained_path
+    from aeutils.checkpoint import load_model, pretrained_path
     from aeutils.data import sample_patches
-    from aeutils.sensitivity import random_control, sensitivity_table
+    from aeutils.losses.controls import random_encoder
+    from aeutils.sensitivity import sensitivity_table
     from aeutils.speed import cpu_description
 
     margin = 4
-    trained = as_model(checkpoint)
-    control = random_control(trained, seed)
+    trained = load_model(checkpoint)
+    control = random_encoder(trained.config, seed=seed)  # the one random control (as bench/sr_losses.py)
     t0 = time.perf_counter()
     patches = sample_patches(n, size + 2 * margin, split="val", seed=seed)
     res = sensitivity_table(patches, {"trained": trained, "random": control}, margin=margin,

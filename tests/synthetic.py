@@ -2,7 +2,8 @@
 
 OpenSlide reads them as "generic tiled TIFF". The tissue layout is known exactly: pink textured
 rectangles on near-white glass, so the grid cells a correct extractor keeps can be listed by hand.
-Also writes ASAP (CAMELYON16) annotation XML.
+Also writes ASAP (CAMELYON16) annotation XML, and smooth "40x" pyramids of real tissue enlarged 2x
+(:func:`upsampled_pyramid`) whose true 0.5 um/px pixels are known, for resampling fidelity.
 """
 from __future__ import annotations
 
@@ -143,22 +144,27 @@ def rect_polygon(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float
     return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
 
 
-def real_tissue(width: int, height: int, *, x: int = 600, y: int = 700) -> np.ndarray:
-    """A ``height`` x ``width`` x 3 uint8 crop of the bundled sample slide (real H&E at 0.499 um/px)."""
-    from aeutils import sample_slide
+def real_tissue(width: int, height: int, *, x: int = 600, y: int = 700, prostate: bool = False) -> np.ndarray:
+    """A ``height`` x ``width`` x 3 uint8 crop of a bundled slide (real H&E): the CMU skin sample (0.499
+    um/px), or with ``prostate`` the prostate sample (0.5 um/px assumed; smoother, nearly band-limited
+    tissue, where a box filter's blur shows most)."""
+    from aeutils import sample_slides
     from aeutils.slides import open_slide
 
-    with open_slide(sample_slide()) as s:
+    with open_slide(sample_slides()[1 if prostate else 0]) as s:
         return s.read_region(x, y, 0, (width, height))
 
 
 def upsampled_pyramid(path: str | Path, truth: np.ndarray, *, up: int = 2, mpp: float = 0.25, levels: int = 3,
-                      step: int = 4, tile: int = 256, quality: int = 95) -> Path:
-    """A "40x" slide made by upsampling real tissue: level 0 is ``truth`` enlarged ``up`` times (Lanczos)
-    and tagged ``mpp`` um/px, then levels ``step`` times apart. ``truth`` is then exactly the slide at
-    ``mpp * up`` um/px (0.5 by default): what a resampling extractor should give back."""
+                      step: int = 4, tile: int = 256, quality: int = 90, enlarge: str = "bicubic") -> Path:
+    """A smooth "40x" slide made by enlarging real tissue: level 0 is ``truth`` enlarged ``up`` times
+    (``enlarge``: PIL ``"bicubic"`` or ``"lanczos"``, never a box/nearest copy, which a box downsample
+    would invert exactly) and tagged ``mpp`` um/px, JPEG ``quality``, levels ``step`` times apart (4:
+    as TCGA 40x files). ``truth`` is then exactly the slide at ``mpp * up`` um/px (0.5 by default): the
+    true pixels a resampling extractor should give back."""
     from PIL import Image
 
     h, w = truth.shape[:2]
-    big = np.asarray(Image.fromarray(truth).resize((w * up, h * up), Image.Resampling.LANCZOS))
+    flt = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}[enlarge]
+    big = np.asarray(Image.fromarray(truth).resize((w * up, h * up), flt))
     return write_tiff(path, big, levels=levels, tile=tile, mpp=mpp, quality=quality, step=step)

@@ -60,9 +60,35 @@ def test_efficientnet_lite0_loss():
 def test_random_encoding_loss_differs_from_trained():
     trained = EncodingLoss()
     rand = random_encoding_loss(trained)
-    assert rand.layer_weights == trained.layer_weights and rand.normalize == trained.normalize
+    assert rand.tap_weights == trained.tap_weights and rand.normalize == trained.normalize
     w_t = next(trained.encoder.parameters())
     w_r = next(rand.encoder.parameters())
     assert w_t.shape == w_r.shape and not torch.equal(w_t, w_r)
     pred, target = _pair()
     assert float(rand(pred, target)) > 0
+
+
+def test_one_random_encoder_for_every_bench():
+    """random_encoder is the one random-weight control: the SR bench's random_encoding_loss and the
+    sensitivity bench get the same weights for one (config, seed), and torch's global RNG is untouched."""
+    import warnings
+
+    from aeutils.losses.controls import random_encoder
+    from aeutils.model import AutoencoderConfig
+    from aeutils.sensitivity import random_control
+
+    config = AutoencoderConfig(widths=(8, 4, 2), n_blocks=1)
+    state = torch.random.get_rng_state()
+    a, b = random_encoder(config, seed=3), random_encoder(config, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no hidden reseeding of the caller's RNG
+    assert not a.training and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    other = random_encoder(config, seed=4)
+    assert not torch.equal(next(a.parameters()), next(other.parameters()))
+    loss = random_encoding_loss(config=config, seed=3, fuse=False)
+    assert all(torch.equal(x, y) for x, y in zip(loss.encoder.encoder.state_dict().values(),
+                                                  a.encoder.state_dict().values()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = random_control(a, seed=3)  # the sensitivity module's old name: same encoder, no +12345
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert all(torch.equal(x, y) for x, y in zip(old.state_dict().values(), a.state_dict().values()))

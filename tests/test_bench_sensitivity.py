@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)  # a small random autoencoder: no dependence on the shipped file
+    torch.manual_seed(1)  # a small random autoencoder (not the control's seed 0): no dependence on the shipped file
     return save_checkpoint(tmp_path_factory.mktemp("sens") / "ae.pt", Autoencoder(AutoencoderConfig(widths=(16, 16, 8), n_blocks=1)))
 
 

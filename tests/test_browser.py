@@ -1,7 +1,8 @@
 """Notebook 04 in a real browser: JupyterLab on a loopback port, headless Chromium via Playwright.
 
 Runs all cells, moves the explorer's patch slider by keyboard and by mouse drag, checks that the
-panel image is redrawn each time, and saves a screenshot (``$MSCOPY_ARTIFACTS`` or the test's tmp
+panel image is redrawn each time, clicks the slide explorer's thumbnail (a real mouse click through
+ipyevents) and checks that the patch moves, and saves screenshots (``$MSCOPY_ARTIFACTS`` or the test's tmp
 folder). Uses the system Chromium (``$CHROMIUM`` or /usr/bin/chromium) through ``executable_path``;
 never downloads a browser. Skips, saying why, when Chromium, Playwright or JupyterLab is missing.
 Recipe and pitfalls: ../shared/recipes/browser-widget-test.md.
@@ -67,7 +68,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     cfg.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     env = dict(
         os.environ,
-        CI="true", MSCOPY_VIZ_N="3", MSCOPY_VIZ_CHECKPOINT=str(ckpt), MSCOPY_WORK=str(tmp_path / "work"),
+        CI="true", MSCOPY_N_PATCHES="3", MSCOPY_CHECKPOINT=str(ckpt), MSCOPY_WORK=str(tmp_path / "work"),
         OMP_NUM_THREADS="2",
         JUPYTER_CONFIG_DIR=str(tmp_path / "cfg"), JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"),
         JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "ws"),
@@ -176,6 +177,24 @@ def test_notebook04_explorer_in_chromium(lab: tuple[str, str, Path], tmp_path: P
             expect(idle).to_be_visible(timeout=T)
             img.scroll_into_view_if_needed()
             page.screenshot(path=str(out / "notebook04_explorer.png"))
+
+            # the slide explorer: a mouse click on the slide thumbnail moves the patch there (ipyevents)
+            slide_ex = page.locator(".mscopy-slide-explorer")
+            expect(slide_ex).to_have_count(1)
+            expect(slide_ex.get_by_text("(click or use the sliders)")).to_be_visible(timeout=T)
+            thumb = slide_ex.locator("img.mscopy-slide-thumb")
+            thumb.scroll_into_view_if_needed()
+            centre = slide_ex.get_by_text(re.compile(r"patch centre \(\d+, \d+\) px"))
+            before = centre.inner_text()
+            box = thumb.bounding_box()
+            assert box is not None and box["width"] > 20 and box["height"] > 20
+            for fx, fy in ((0.2, 0.25), (0.75, 0.7)):  # two places: at least one is not where the patch already is
+                thumb.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+                expect(idle).to_be_visible(timeout=T)
+                if centre.inner_text() != before:
+                    break
+            expect(centre).not_to_have_text(before, timeout=T)
+            page.screenshot(path=str(out / "notebook04_slide_click.png"))
             print(f"screenshots: {out}")
             assert not errors, f"page errors: {errors}"
         finally:

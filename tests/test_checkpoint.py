@@ -15,9 +15,7 @@ from aeutils.checkpoint import (
     FORMAT,
     load_checkpoint,
     load_model,
-    load_pretrained,
     read_checkpoint,
-    as_model,
     save_checkpoint,
 )
 from aeutils.errors import CheckpointError
@@ -252,15 +250,16 @@ def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_write_keeps_the_previous_checkpoint(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = good.read_bytes()
-    real_save = torch.save
+    import os
 
-    def dies_halfway(obj: object, f: object, *args: object, **kwargs: object) -> None:
-        real_save(obj, f, *args, **kwargs)
-        Path(f).write_bytes(Path(f).read_bytes()[:1000])  # half-written, then the process "dies"
+    before = good.read_bytes()
+    real_write = os.write
+
+    def dies_halfway(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data[:1000]))  # part of the file written, then the process "dies"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", dies_halfway)
+    monkeypatch.setattr(os, "write", dies_halfway)  # the checkpoint's bytes go out through os.write
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(good, trained_ish(seed=5), epoch=4)
     monkeypatch.undo()
@@ -272,42 +271,65 @@ def test_an_interrupted_write_keeps_the_previous_checkpoint(good: Path, monkeypa
 # --- the shipped model ---------------------------------------------------------------------------
 
 
-def test_load_pretrained_follows_the_environment(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_model_without_a_source_is_the_shipped_model_and_follows_the_environment(
+    good: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MSCOPY_PRETRAINED", str(good))
-    model = load_pretrained()
+    model = load_model()
     assert isinstance(model, Autoencoder) and not model.training
-    via_package = aeutils.load_pretrained()
+    via_package = aeutils.load_model()
     with torch.no_grad():
         assert torch.equal(model(x17()), load_model(good)(x17()))
         assert torch.equal(via_package(x17()), model(x17()))
 
 
-def test_load_pretrained_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_model_missing_shipped_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "gone.pt"
     monkeypatch.setenv("MSCOPY_PRETRAINED", str(missing))
     with pytest.raises(CheckpointError, match=r"MSCOPY_PRETRAINED points to a missing file") as info:
-        load_pretrained()
+        load_model()
     assert str(missing) in str(info.value)
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
-        aeutils.load_pretrained()
+        aeutils.load_model()
 
 
-def test_as_model_passes_models_through_and_loads_paths_or_the_shipped_model(
+def test_load_model_passes_models_through_and_loads_paths_or_the_shipped_model(
     good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = trained_ish().train()
-    assert as_model(model) is model and model.training  # as given: not copied, mode untouched
+    assert load_model(model) is model and model.training  # as given: not copied, mode untouched
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_model(model, config=AutoencoderConfig())
     with torch.no_grad():
         for path in (good, str(good)):
-            loaded = as_model(path)
+            loaded = load_model(path)
             assert isinstance(loaded, Autoencoder) and not loaded.training
-            assert torch.equal(loaded(x17()), load_model(good)(x17()))
+            assert torch.equal(loaded(x17()), load_checkpoint(good).model(x17()))
         monkeypatch.setenv("MSCOPY_PRETRAINED", str(good))
-        assert torch.equal(as_model()(x17()), load_model(good)(x17()))
+        assert torch.equal(load_model()(x17()), load_model(good)(x17()))
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
-        as_model(tmp_path / "gone.pt")
+        load_model(tmp_path / "gone.pt")
     with pytest.raises(TypeError, match="checkpoint path"):
-        as_model(42)  # type: ignore[arg-type]
+        load_model(42)  # type: ignore[arg-type]
+
+
+def test_load_pretrained_and_as_model_are_deprecated_names_of_load_model(
+    good: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One "get me a model" entry: the old helpers still work, warn, and give what load_model gives."""
+    from aeutils.checkpoint import as_model, load_pretrained
+
+    monkeypatch.setenv("MSCOPY_PRETRAINED", str(good))
+    model = trained_ish()
+    with torch.no_grad():
+        expected = load_model()(x17())
+        for call in (load_pretrained, aeutils.load_pretrained, as_model, lambda: as_model(good)):
+            with pytest.warns(DeprecationWarning, match="load_model"):
+                got = call()
+            assert torch.equal(got(x17()), expected)
+    with pytest.warns(DeprecationWarning):
+        assert as_model(model) is model
+    assert "load_pretrained" not in dir(aeutils) and "load_model" in dir(aeutils)
 
 
 def _entry_offset(data: bytes, info: zipfile.ZipInfo) -> int:
@@ -345,3 +367,16 @@ def test_a_flipped_byte_in_any_stored_tensor_is_caught(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError, match=r"flip\d+\.pt: corrupt checkpoint.*digest"):
             load_checkpoint(path)
         path.unlink()
+
+
+def test_checkpoint_does_not_import_the_trainer() -> None:
+    """No import cycle checkpoint -> training -> checkpoint: run discovery lives with the runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, aeutils.checkpoint as c; print('aeutils.training' in sys.modules, hasattr(c, 'pick_checkpoint'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+    from aeutils.training import BEST_NAME, LAST_NAME, pick_checkpoint  # where it is now
+
+    assert (LAST_NAME, BEST_NAME) == ("last.pt", "best.pt") and callable(pick_checkpoint)

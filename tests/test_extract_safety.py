@@ -265,3 +265,159 @@ def _font_has(ch: str) -> bool:
 def test_slide_error_names_file(tmp_path: Path) -> None:
     with pytest.raises(SlideError, match="nope.tiff: no such file"):
         extract(tmp_path / "nope.tiff", tmp_path / "o", progress=False)
+
+
+# --------------------------------------------------------------------------------------------- issue 20
+def _add_rows(out: Path, paths: list[str]) -> None:
+    """Rows of slide ``s`` naming ``paths`` appended to OUT/manifest.csv (a hand-edited or hostile manifest)."""
+    from aeutils.manifest import read_raw_manifest, write_manifest
+
+    rows = read_raw_manifest(out / "manifest.csv")
+    write_manifest(out / "manifest.csv", rows + [{**rows[0], "path": p} for p in paths])
+
+
+# 20.1 --overwrite unlinked whatever a manifest row named, also outside --out
+def test_20_1_overwrite_never_unlinks_a_row_outside_out(slide: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    victim, absolute = tmp_path / "victim.txt", tmp_path / "abs.txt"
+    victim.write_text("keep me")
+    absolute.write_text("keep me too")
+    assert run_cli(slide, "--out", out, "--patch-size", "64", "--quiet", "--workers", "1").returncode == 0
+    _add_rows(out, ["../victim.txt", str(absolute)])
+    r = run_cli(slide, "--out", out, "--patch-size", "128", "--quiet", "--workers", "1", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "keep me" and absolute.read_text() == "keep me too"
+    warnings_ = [ln for ln in r.stderr.splitlines() if "outside" in ln]
+    assert len(warnings_) == 1 and warnings_[0].startswith(f"warning: {out / 'manifest.csv'}: 2 rows of slide s ")
+    assert "removed 64 patches" in r.stdout
+    assert {row["path"].startswith("unlabeled/") for row in read_manifest(out)} == {True}
+
+
+# 20.3 two extract runs into one --out both went on
+def test_20_3_a_second_extract_into_a_busy_out_is_refused(slide: Path, tmp_path: Path) -> None:
+    from test_io import hold_lock, release
+
+    out = tmp_path / "o"
+    holder = hold_lock(out)
+    try:
+        r = run_cli(slide, "--out", out, "--quiet", "--workers", "1")
+    finally:
+        release(holder)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"error: {out}: in use by another process (pid {holder.pid}")
+    assert len(r.stderr.strip().splitlines()) == 1 and not list(out.rglob("*.png"))
+    assert run_cli(slide, "--out", out, "--quiet", "--workers", "1").returncode == 0  # free again
+
+
+def test_20_3_shards_run_beside_each_other_but_not_beside_an_unsharded_run(tmp_path: Path) -> None:
+    from aeutils.errors import FolderBusyError
+    from aeutils.manifest import merge_manifests
+    from test_io import hold_lock, release
+
+    slides = [write_slide(tmp_path / f"{n}.tiff", 256, 256, [(0, 0, 256, 256)], levels=1) for n in "abcd"]
+    out = tmp_path / "o"
+    other_shard = hold_lock(out, ".aeutils.shard-2-of-2.lock")
+    try:
+        extract(slides, out, patch_size=128, shard="1/2", workers=1, progress=False)  # beside shard 2: fine
+        with pytest.raises(FolderBusyError, match=rf"^{out}: in use by another process \(pid {other_shard.pid}"):
+            extract(slides, out, patch_size=128, workers=1, progress=False)
+        with pytest.raises(FolderBusyError, match=rf"pid {other_shard.pid}"):
+            merge_manifests(out)  # would drop what shard 2 is still writing
+    finally:
+        release(other_shard)
+    extract(slides, out, patch_size=128, shard="2/2", workers=1, progress=False)
+    assert merge_manifests(out)[1] == 16
+
+
+# 20.7 a slide file name that is not UTF-8 crashed write_manifest, and no slide of the run got rows
+@pytest.mark.skipif(sys.platform != "linux", reason="file names are bytes on Linux")
+def test_20_7_a_non_utf8_slide_name_keeps_its_bytes(tmp_path: Path) -> None:
+    s = write_slide(tmp_path / "x.tiff", 256, 256, [(0, 0, 256, 256)], levels=1)
+    raw = os.fsencode(tmp_path) + b"/sl\xffide.tiff"
+    os.rename(os.fsencode(s), raw)
+    other = write_slide(tmp_path / "b.tiff", 256, 256, [(0, 0, 256, 256)], levels=1)
+    out = tmp_path / "o"
+    r = subprocess.run([sys.executable, "-m", "aeutils", "extract", raw, str(other), "--out", str(out), "--quiet",
+                        "--patch-size", "128", "--workers", "1"], capture_output=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})  # a strict stdout, as on a desktop
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert b"sl\xffide: 4 patches" in r.stdout  # printed as the file system spells it
+    rows = read_manifest(out)
+    assert sorted({row["slide"] for row in rows}) == ["b", os.fsdecode(b"sl\xffide")]
+    assert b"unlabeled/sl\xffide_0_0.png" in (out / "manifest.csv").read_bytes()  # the name's very bytes
+    assert all((out / row["path"]).is_file() for row in rows)  # each row names its file
+    before = tree_digest(out)
+    extract([os.fsdecode(raw), other], out, patch_size=128, workers=1, progress=False)  # resumes: nothing redone
+    assert tree_digest(out) == before
+
+
+# 20.8 a manifest row cut mid-way crashed manifest merge and a rerun of extract (TypeError)
+def test_20_8_a_row_cut_short_is_healed_like_a_missing_row(slide: Path, tmp_path: Path) -> None:
+    from aeutils.manifest import merge_manifests
+
+    ref, out = tmp_path / "ref", tmp_path / "o"
+    extract(slide, ref, patch_size=64, workers=1, progress=False)
+    extract(slide, out, patch_size=64, workers=1, progress=False)
+    whole = (out / "manifest.csv").read_bytes()
+    cut = whole[: whole.rstrip(b"\n").rfind(b"\n") + 40]  # the last row cut after 40 bytes
+    (out / "manifest.csv").write_bytes(cut)
+    lines: list[str] = []
+    path, n = merge_manifests(out, log=lines.append)
+    assert n == 63 and len(lines) == 1, lines
+    assert lines[0].startswith(f"warning: {out / 'manifest.csv'}: 1 row(s) cut short or damaged (line 65)")
+    (out / "manifest.csv").write_bytes(cut)
+    r = run_cli(slide, "--out", out, "--patch-size", "64", "--quiet", "--workers", "1")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "cut short" in r.stderr and tree_digest(out) == tree_digest(ref)  # its PNG checked again and listed
+
+
+# 20.13 a dangling link in --mask-dir was "no mask for slide"; a link loop "no such file"
+def test_20_13_links_to_nowhere_and_loops_are_named(slide: Path, tmp_path: Path) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    os.symlink(tmp_path / "moved" / "s.png", masks / "s.png")
+    r = run_cli(slide, "--out", tmp_path / "o", "--mask-dir", masks, "--quiet", "--workers", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: {masks / 's.png'}: the mask of slide s is a dangling symbolic link "
+                                f"(to {tmp_path / 'moved' / 's.png'})")
+    loop = tmp_path / "loop.svs"
+    os.symlink(loop.name, loop)
+    r = run_cli(loop, "--out", tmp_path / "o", "--quiet", "--workers", "1")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {loop}: symbolic link loop"
+    os.symlink("loop.png", tmp_path / "loop.png")
+    r = run_cli(slide, "--out", tmp_path / "o", "--mask", tmp_path / "loop.png", "--quiet", "--workers", "1")
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'loop.png'}: symbolic link loop"
+
+
+# 20.14 temp files of killed writes survived successful reruns
+def test_20_14_temp_files_of_killed_writes_are_removed_by_the_rerun(slide: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    extract(slide, out, patch_size=64, workers=1, progress=False)
+    want = tree_digest(out)
+    left = [out / "unlabeled" / ".gone_0_0.png.a1b2c3d4e5f6.tmp", out / ".manifest.csv.k2j4h6g8.tmp",
+            out / ".gone.qc.png.0123abcd.tmp"]
+    mine = [out / "notes.tmp", out / "unlabeled" / "keep.txt"]
+    for p in left + mine:
+        p.write_bytes(b"half")
+    extract(slide, out, patch_size=64, workers=1, progress=False)
+    assert not any(p.exists() for p in left) and all(p.exists() for p in mine)
+    assert {k: v for k, v in tree_digest(out).items() if k not in ("notes.tmp", "unlabeled/keep.txt")} == want
+
+
+# 20.15 --mask given the slide itself, or an array with NaN, counted every cell as tissue
+def test_20_15_a_mask_that_is_the_slide_or_holds_nan_is_refused(slide: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    r = run_cli(slide, "--out", tmp_path / "o", "--mask", slide, "--quiet", "--workers", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(f"error: {slide}: the mask is the slide itself")
+    mask = np.ones((64, 64), np.float32)
+    mask[3, 4] = np.nan
+    with pytest.raises(PatchError, match=r"^mask array: the mask holds 1 NaN or infinite values"):
+        extract(slide, tmp_path / "o", mask=mask, workers=1, progress=False)
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    with pytest.raises(PatchError, match=rf"^{tmp_path / 'm.tif'}: the mask holds 1 NaN"):
+        extract(slide, tmp_path / "o", mask=tmp_path / "m.tif", workers=1, progress=False)
+    assert not list((tmp_path / "o").rglob("*.png"))

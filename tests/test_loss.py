@@ -11,7 +11,7 @@ from aeutils.checkpoint import save_checkpoint
 from aeutils.errors import AeutilsError, CheckpointError
 from aeutils.losses import EncodingLoss, VGGContentLoss
 from aeutils.sensitivity import SensitivityResult, degrade, sensitivity_table
-from aeutils.model import STAGES, Autoencoder, AutoencoderConfig
+from aeutils.model import TAPS, Autoencoder, AutoencoderConfig, Encoder
 
 SMALL = AutoencoderConfig(widths=(8, 4, 2), n_blocks=1)
 
@@ -76,32 +76,29 @@ def test_fused_matches_model_features(model, pair):
     with torch.no_grad():
         ours = EncodingLoss(model=model).features(target)
         ref = model.encode_features(target)
-    assert set(ours) == set(STAGES)
-    for k in STAGES:
+    assert set(ours) == set(TAPS)
+    for k in TAPS:
         assert ours[k].shape == ref[k].shape
         torch.testing.assert_close(ours[k], ref[k], rtol=1e-4, atol=1e-5)
 
 
 def test_loss_encodes_with_the_models_own_pass_and_stops_at_its_deepest_tap(model, pair):
-    """The loss has no encoder loop of its own: its copy's encoder_forward runs, only up to the deepest
-    tap with a weight (stage2 here: stage3 and the latent conv never run), with the model's values."""
+    """The loss has no encoder loop of its own: its encoder copy (no decoder) runs the model's pass, only
+    up to the deepest tap with a weight (stage2 here: stage3 and the latent conv never run), with the
+    model's values."""
     pred, target = pair
-    loss = EncodingLoss(model=model, layer_weights={"stage1": 1.0, "stage2": 0.5}, fuse=False, speed="fp32")
-    assert isinstance(loss.model, Autoencoder) and loss.model is not model and loss.encoder is loss.model.encoder
+    loss = EncodingLoss(model=model, tap_weights={"stage1": 1.0, "stage2": 0.5}, fuse=False, speed="fp32")
+    assert isinstance(loss.encoder, Encoder) and loss.encoder.encoder is not model.encoder
+    assert not any(isinstance(m, Autoencoder) for m in loss.modules())  # the decoder is not held
+    assert not any("decoder" in k for k in loss.state_dict())
     seen: list[tuple[tuple, dict]] = []
-    original = loss.model.encoder_forward
     ran: list[int] = []
-    hooks = [s.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, s in enumerate(loss.model.encoder)]
-
-    def spy(x, taps=(), **kw):
-        seen.append((tuple(taps), kw))
-        return original(x, taps, **kw)
-
-    loss.model.encoder_forward = spy
+    hooks = [s.register_forward_hook(lambda *_a, i=i: ran.append(i)) for i, s in enumerate(loss.encoder.encoder)]
+    hooks.append(loss.encoder.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append((tuple(args[1]), kwargs)), with_kwargs=True))
     try:
         value = loss(pred, target)
     finally:
-        del loss.model.encoder_forward
         for h in hooks:
             h.remove()
     assert seen == [(("stage1", "stage2"), {"stop_after": "stage2"})] * 2  # target, then pred
@@ -124,21 +121,21 @@ def test_invalid_sizes_and_shapes(model):
         loss(torch.rand(1, 1, 33, 33), torch.rand(1, 1, 33, 33))
 
 
-def test_layer_weights_and_criterion(model, pair):
+def test_tap_weights_and_criterion(model, pair):
     pred, target = pair
     with torch.no_grad():
         fp, ft = model.encode_features(pred), model.encode_features(target)
     for crit, fn in (("l1", lambda a, b: (a - b).abs().mean()), ("l2", lambda a, b: (a - b).square().mean())):
-        loss = EncodingLoss(model=model, layer_weights={"stage2": 2.0, "latent": 0.5}, criterion=crit, weight=3.0,
+        loss = EncodingLoss(model=model, tap_weights={"stage2": 2.0, "latent": 0.5}, criterion=crit, weight=3.0,
                             normalize=False)
         expected = 3.0 * (2.0 * fn(fp["stage2"], ft["stage2"]) + 0.5 * fn(fp["latent"], ft["latent"]))
         assert loss(pred, target).item() == pytest.approx(expected.item(), rel=1e-4)
     per_image = EncodingLoss(model=model, reduction="none")(pred, target)
     assert per_image.shape == (2,)
     with pytest.raises(ValueError, match="taps"):
-        EncodingLoss(model=model, layer_weights={"conv5": 1.0})
+        EncodingLoss(model=model, tap_weights={"conv5": 1.0})
     with pytest.raises(ValueError, match="non-zero"):
-        EncodingLoss(model=model, layer_weights={"stage1": 0.0})
+        EncodingLoss(model=model, tap_weights={"stage1": 0.0})
     with pytest.raises(ValueError, match="criterion"):
         EncodingLoss(model=model, criterion="huber")
 
@@ -151,8 +148,8 @@ def test_normalize_modes(model, pair):
         assert loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
     # instance normalisation ignores a per-channel gain and offset of the features: an input brightness
     # change that stays linear through the first conv (no ReLU clipping: check on the pre-ReLU tap) is free
-    inst = EncodingLoss(model=model, normalize="instance", layer_weights={"stage1": 1.0})
-    raw = EncodingLoss(model=model, normalize="none", layer_weights={"stage1": 1.0})
+    inst = EncodingLoss(model=model, normalize="instance", tap_weights={"stage1": 1.0})
+    raw = EncodingLoss(model=model, normalize="none", tap_weights={"stage1": 1.0})
     fa = {"stage1": torch.randn(2, 8, 9, 9)}
     fb = {"stage1": 3.0 * fa["stage1"] + 1.5}
     assert inst.compare(fb, fa).abs().max().item() < 1e-4 < raw.compare(fb, fa).min().item()
@@ -231,7 +228,7 @@ def test_degradations_keep_size_and_grade():
 def test_sensitivity_table_small(model):
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 41, 41, generator=g)
-    res = sensitivity_table(x, {"trained": model}, variants={"": {}, ":latent": {"layer_weights": {"latent": 1}}},
+    res = sensitivity_table(x, {"trained": model}, variants={"": {}, ":latent": {"tap_weights": {"latent": 1}}},
                             detail={"blur": (0.5, 1.0, 2.0)}, nuisance={"brightness": (0.02,)})
     summ = res.summary()
     assert set(summ) == {"pixel MSE", "trained", "trained:latent"}
@@ -316,7 +313,7 @@ def test_any_size_from_16_px(model, side):
     g = torch.Generator().manual_seed(2)
     target = torch.rand(1, 3, *side, generator=g)
     pred = (target + 0.05 * torch.randn(target.shape, generator=g)).clamp(0, 1).requires_grad_(True)
-    loss = EncodingLoss(model=model, layer_weights={"stage1": 1.0, "stage2": 0.5}, fuse=False, speed="fp32")
+    loss = EncodingLoss(model=model, tap_weights={"stage1": 1.0, "stage2": 0.5}, fuse=False, speed="fp32")
     value = loss(pred, target)
     value.backward()
     assert value.ndim == 0 and torch.isfinite(value) and value > 0
@@ -364,7 +361,7 @@ def test_integer_input_is_refused_with_the_conversion_rule(model, pair):
     with pytest.raises(TypeError, match=r"uint8.*x\.float\(\) / 255"):  # features(): the same check
         loss.features(u8)
     # the model, the loss and its features() raise the same exception for the same input
-    for call in (loss.model.encode, loss.model.encoder_forward, loss.features):
+    for call in (model.encode, loss.encoder, loss.features):
         with pytest.raises(TypeError):
             call(u8)
 
@@ -376,7 +373,7 @@ def test_no_nan_on_flat_images(model, normalize):
     pred = torch.full((2, 3, 32, 32), 0.5, requires_grad=True)
     target = torch.ones(2, 3, 32, 32)
     for t in (target, pred.detach().clone()):
-        loss = EncodingLoss(model=model, layer_weights={k: 1.0 for k in STAGES}, normalize=normalize)
+        loss = EncodingLoss(model=model, tap_weights={k: 1.0 for k in TAPS}, normalize=normalize)
         value = loss(pred, t)
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(pred.grad).all()
@@ -410,3 +407,51 @@ def test_basicsr_recipe_loop(model, gt_size):
     assert not cri_perceptual.training  # net_g.train() never reaches the frozen loss
     assert any(not torch.equal(a, b) for a, b in zip(before, net_g.parameters()))
     assert all(p.grad is None for p in cri_perceptual.parameters())
+
+
+def test_layer_weights_is_a_deprecated_alias_of_tap_weights(model, pair):
+    """One word for the points the loss reads (taps): ``tap_weights=``; the old keyword, attribute and
+    constant names still work, with a DeprecationWarning, and give the same loss."""
+    import aeutils.losses.encoding as enc_mod
+    import aeutils.model as model_mod
+
+    new = EncodingLoss(model=model, tap_weights={"stage2": 1.0}, normalize="none")
+    with pytest.warns(DeprecationWarning, match="tap_weights"):
+        old = EncodingLoss(model=model, layer_weights={"stage2": 1.0}, normalize="none")
+    assert old.tap_weights == new.tap_weights == {"stage1": 0.0, "stage2": 1.0, "stage3": 0.0, "latent": 0.0}
+    assert old(*pair).item() == new(*pair).item()
+    with pytest.warns(DeprecationWarning, match="tap_weights"):
+        assert old.layer_weights == new.tap_weights
+    with pytest.raises(ValueError, match="tap_weights= only"):
+        EncodingLoss(model=model, tap_weights={"stage1": 1.0}, layer_weights={"stage1": 1.0})
+    with pytest.warns(DeprecationWarning, match="TAPS"):
+        assert model_mod.STAGES == TAPS
+    with pytest.warns(DeprecationWarning, match="DEFAULT_TAP_WEIGHTS"):
+        assert enc_mod.DEFAULT_LAYER_WEIGHTS == enc_mod.DEFAULT_TAP_WEIGHTS
+
+
+def test_repr_is_one_line_naming_the_encoder_and_settings(model, tmp_path):
+    """``print(EncodingLoss())`` says what it computes: the checkpoint, taps, criterion, normalisation,
+    weight; not the encoder's module tree (nor a decoder it does not hold)."""
+    good_checkpoint = save_checkpoint(tmp_path / "ae.pt", model)
+    loss = EncodingLoss(checkpoint=good_checkpoint, tap_weights={"stage1": 1.0, "latent": 0.5}, criterion="l2",
+                        weight=2.0)
+    text = repr(loss)
+    assert "\n" not in text and text.startswith("EncodingLoss(checkpoint=") and str(good_checkpoint) in text
+    for part in ("taps={'stage1': 1.0, 'latent': 0.5}", "criterion='l2'", "normalize='instance'", "weight=2.0"):
+        assert part in text, text
+    assert "Conv2d" not in text and "decoder" not in text
+    assert "a given model" in repr(EncodingLoss(model=model))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_raises_naming_it(model, pair, bad):
+    """NaN/inf in pred or target would make the loss NaN silently: a ValueError names which input."""
+    loss = EncodingLoss(model=model)
+    pred, target = pair[0].clone(), pair[1].clone()
+    pred[0, 1, 3, 4] = bad
+    with pytest.raises(ValueError, match="pred has NaN or infinite"):
+        loss(pred, target)
+    with pytest.raises(ValueError, match="target has NaN or infinite"):
+        loss(pair[0], pred)
+    assert torch.isfinite(loss(*pair))  # finite inputs pass

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from aeutils.model import (
-    STAGES,
+    TAPS,
     Autoencoder,
     AutoencoderConfig,
     ResidualBlock,
@@ -132,7 +132,7 @@ def test_encode_features_end_with_the_encoding() -> None:
     with torch.no_grad():
         feats = model.encode_features(x)
         z = model.encode(x)
-    assert list(feats) == list(STAGES)
+    assert list(feats) == list(TAPS)
     assert [tuple(f.shape[1:]) for f in feats.values()] == [(64, 33, 33), (32, 17, 17), (8, 17, 17), (1, 17, 17)]
     assert torch.equal(feats["latent"], z)
 
@@ -148,7 +148,7 @@ def test_encoder_forward_taps_and_stop_after_any_size() -> None:
     hooks = [stage.register_forward_hook(lambda *_a, i=i: calls.append(i)) for i, stage in enumerate(model.encoder)]
     try:
         with torch.no_grad():
-            z, full = model.encoder_forward(x, STAGES)
+            z, full = model.encoder_forward(x, TAPS)
             assert calls == [0, 1, 2, 3]
             calls.clear()
             h, part = model.encoder_forward(x, ("stage1", "stage2"), stop_after="stage2")

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
+#: notebooks still on the older parameter layout (environment read in the cell after the parameters) until
+#: their owner moves them to aeutils.nbparams.settle; empty this set when notebook 05 follows the rule
+PARAMETERS_RULE_PENDING = {"05_encoding_loss"}
 #: a code cell longer than this is library code in disguise (or several steps in one)
 MAX_SOURCE_LINES = 30
 
@@ -60,8 +63,15 @@ def test_title_then_a_tagged_parameters_cell_of_literals(path: Path) -> None:
             f"{path.name}: parameters cell line {node.lineno} is not 'NAME = literal'"
         )
         ast.literal_eval(node.value)  # raises on anything but a literal
-    later = "\n".join(_source(c) for c in code[1:3])
-    assert "os.environ" in later, f"{path.name}: no environment overrides right after the parameters cell"
+    if path.stem in PARAMETERS_RULE_PENDING:
+        later = "\n".join(_source(c) for c in code[1:3])
+        assert "os.environ" in later, f"{path.name}: no environment overrides right after the parameters cell"
+        return
+    # the one rule (notebooks/README.md, aeutils.nbparams): CI sizes and MSCOPY_<NAME> overrides come from one
+    # settle(globals(), ...) call in the cell right after the parameters; no other cell reads the environment
+    assert "settle(globals()" in _source(code[1]), f"{path.name}: the cell after the parameters does not call settle(globals(), ...)"
+    readers = [i for i, c in enumerate(code) if re.search(r"os\.environ|getenv|\bSMOKE\s*=\s*[^,]", _source(c)) and i != 1]
+    assert not readers, f"{path.name}: code cells {readers} read the environment or set SMOKE themselves (use settle)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

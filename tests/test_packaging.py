@@ -95,8 +95,10 @@ def test_package_root_exports_what_users_type() -> None:
         "from aeutils import extract, sample_slides\n"
         "assert 'torch' not in sys.modules, 'extract imported torch'\n"
         "import aeutils\n"
-        "from aeutils import train, TrainConfig, EncodingLoss, load_pretrained, encode_slide\n"
-        "import aeutils.losses, aeutils.patches, aeutils.slidemap, aeutils.training\n"
+        "from aeutils import train, TrainConfig, EncodingLoss, load_model, encode_slide, Autoencoder, AutoencoderConfig\n"
+        "import aeutils.checkpoint, aeutils.losses, aeutils.model, aeutils.patches, aeutils.slidemap, aeutils.training\n"
+        "assert Autoencoder is aeutils.model.Autoencoder and AutoencoderConfig is aeutils.model.AutoencoderConfig\n"
+        "assert load_model is aeutils.checkpoint.load_model\n"
         "assert extract is aeutils.patches.extract\n"
         "assert TrainConfig is aeutils.training.TrainConfig and EncodingLoss is aeutils.losses.EncodingLoss\n"
         "assert train is aeutils.training.train and aeutils.train is train and callable(aeutils.train)\n"
@@ -108,5 +110,48 @@ def test_package_root_exports_what_users_type() -> None:
 
 def test_lazy_root_names_show_in_dir() -> None:
     """Tab completion (``dir(aeutils)``) lists what users type, before anything was imported."""
-    code = "import aeutils, sys\nd = dir(aeutils)\nassert {'extract', 'train', 'TrainConfig', 'EncodingLoss', 'encode_slide'} <= set(d), d\nassert 'torch' not in sys.modules\n"
+    code = (
+        "import aeutils, sys\nd = dir(aeutils)\n"
+        "assert {'extract', 'train', 'TrainConfig', 'EncodingLoss', 'encode_slide', 'Autoencoder', 'AutoencoderConfig',"
+        " 'load_model', 'losses', 'data'} <= set(d), d\n"
+        "assert not {'Any', 'TYPE_CHECKING', '_typing', 'load_pretrained'} & set(d), d\n"
+        "assert all(not n.startswith('_') or n == '__version__' for n in d), d\n"
+        "import types\nassert isinstance(aeutils.annotations, types.ModuleType), aeutils.annotations  # not __future__'s\n"
+        "assert 'torch' not in sys.modules\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_subpackages_export_user_facing_names_only() -> None:
+    """``__all__`` of each subpackage lists what users type: every name resolves, and no CLI wiring,
+    typing helpers or private names are exported (they stay importable for the package's own modules)."""
+    import importlib
+
+    plumbing = {"add_cli_arguments", "run_cli", "annotations", "Any", "TYPE_CHECKING"}
+    for name in ("patches", "training", "slidemap", "viz", "losses", "metrics", "sr", "data"):
+        mod = importlib.import_module(f"aeutils.{name}")
+        exported = set(mod.__all__)
+        assert all(hasattr(mod, n) for n in exported), name
+        assert not exported & plumbing, (name, exported & plumbing)
+        assert not [n for n in exported if n.startswith("_")], name
+
+
+def test_slow_marks_name_existing_tests() -> None:
+    """The fast lane's list of slow tests (tests/conftest.py) names files and test functions that exist,
+    so a rename cannot silently move a slow test into ``make test-fast``."""
+    import ast
+    import importlib.util
+
+    tests = ROOT / "tests"
+    # by path: with `pytest tests notebooks`, the module name `conftest` may be notebooks/conftest.py
+    spec = importlib.util.spec_from_file_location("_tests_conftest", tests / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    SLOW_FILES, SLOW_TESTS = conftest.SLOW_FILES, conftest.SLOW_TESTS
+    assert all((tests / f).is_file() for f in SLOW_FILES), SLOW_FILES
+    for entry in SLOW_TESTS:
+        file, name = entry.split("::")
+        tree = ast.parse((tests / file).read_text(encoding="utf-8"))
+        assert name in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, entry
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert 'test-fast:' in makefile and '-m "not slow"' in makefile

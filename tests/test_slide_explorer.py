@@ -77,3 +77,27 @@ def test_explorer_without_a_map_and_bad_sizes(syn: tuple[Path, Path]) -> None:
         SlideExplorer(slide, small_model(), size=180)
     with pytest.raises(PatchError, match="larger than the slide"):
         SlideExplorer(slide, small_model(), level=2, size=257)
+
+
+def test_the_explorer_says_whether_clicks_work(syn: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ipyevents (the notebooks extra) clicks are wired and offered; without it the text says sliders only."""
+    import builtins
+    import sys
+
+    slide, encoding = syn
+    pytest.importorskip("ipyevents")
+    ex = SlideExplorer(slide, small_model(), encoding=encoding, mpp=0.5, thumb_side=200)
+    assert len(ex._events) == 2 and "(click or use the sliders)" in ex.widget.children[1].children[0].children[0].value
+    ex.close()
+    real_import = builtins.__import__
+
+    def no_ipyevents(name: str, *args: object, **kwargs: object) -> object:
+        if name == "ipyevents":
+            raise ImportError("no ipyevents")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "ipyevents")
+    monkeypatch.setattr(builtins, "__import__", no_ipyevents)
+    ex = SlideExplorer(slide, small_model(), mpp=0.5, thumb_side=200)
+    assert ex._events == [] and "clicks need the ipyevents package" in ex.widget.children[1].children[0].children[0].value
+    ex.close()

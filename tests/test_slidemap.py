@@ -17,7 +17,7 @@ import torch
 
 from aeutils import cli
 from aeutils.checkpoint import save_checkpoint
-from aeutils.errors import CheckpointError
+from aeutils.errors import CheckpointError, SlideError
 from aeutils.introspect import receptive_field
 from aeutils.slidemap import (
     MapStats, TileGrid, encode_image, encode_slide, encoder_margin, read_settings, to_uint8,
@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def shipped():
-    from aeutils import load_pretrained
+    from aeutils import load_model
 
-    return load_pretrained()
+    return load_model()
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_encode_writes_pyramids_openslide_opens_with_mpp(tmp_path: Path, syn: Pa
     assert np.abs(want[tissue].astype(int) - got[tissue].astype(int)).max() <= 1
     # background (glass) is empty, tissue is mapped
     assert got[10:20, 10:20].max() == 0 and tissue[40:140, 40:160].mean() > 0.95
-    assert read_settings(res.encoding)["view"] == "stretch"
+    assert read_settings(res.encoding)["view"] == "stretch" and "resample_filter" not in read_settings(res.encoding)
     with open_slide(res.reconstruction) as r:
         assert r.dimensions == (1400, 1100) and r.mpp == pytest.approx(0.5)
         patch = r.read_region(200, 200, 0, (64, 64)).astype(int)
@@ -164,14 +164,16 @@ def test_interrupted_run_resumes_to_the_same_file(tmp_path: Path, syn: Path) -> 
     assert again.encoded == ref.tiles - 3 and again.tiles == ref.tiles
     assert (out / "syn.encoding.tiff").read_bytes() == ref.encoding.read_bytes()
     assert encode_slide(syn, out, model=model, core=256, precision="fp32", progress=False).up_to_date
-    # other settings restart cleanly (here: another view)
-    other = encode_slide(syn, out, model=model, core=256, view="equalize", precision="fp32", progress=False)
+    # other settings restart cleanly (here: another view; a finished map is replaced only with overwrite)
+    other = encode_slide(syn, out, model=model, core=256, view="equalize", precision="fp32", progress=False,
+                         overwrite=True)
     assert other.encoded == ref.tiles and read_settings(other.encoding)["view"] == "equalize"
     # a work folder of other settings is replaced, not mixed in
     with pytest.raises(KeyboardInterrupt):
-        encode_slide(syn, out, model=model, core=512, precision="fp32", progress=False,
+        encode_slide(syn, out, model=model, core=512, precision="fp32", progress=False, overwrite=True,
                      on_tile=lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    fresh = encode_slide(syn, out, model=small_model(seed=1), core=512, precision="fp32", progress=False)
+    fresh = encode_slide(syn, out, model=small_model(seed=1), core=512, precision="fp32", progress=False,
+                         overwrite=True)
     assert fresh.encoded == fresh.tiles
 
 
@@ -339,6 +341,21 @@ def test_resampled_scale_and_the_bf16_route(tmp_path: Path, syn: Path, region: n
     res = encode_slide(syn, tmp_path, model=small_model(), mpp=0.75, core=256, precision="fp32", progress=False)
     with open_slide(res.encoding) as e:
         assert e.mpp == pytest.approx(3.0) and e.dimensions == (-(-933 // 4), -(-733 // 4))
+    # The filter is extract's (one reader, aeutils.scale) and part of the map's settings.
+    assert read_settings(res.encoding)["resample_filter"] == "lanczos"
+    area = encode_slide(syn, tmp_path / "area", model=small_model(), mpp=0.75, resample_filter="area", core=256,
+                        precision="fp32", progress=False)
+    assert read_settings(area.encoding)["resample_filter"] == "area"
+    with open_slide(res.encoding) as a, open_slide(area.encoding) as b:
+        assert not np.array_equal(a.read_region(0, 0, 0, a.dimensions), b.read_region(0, 0, 0, b.dimensions))
+    with pytest.raises(SlideError, match=r"other settings \(--resample-filter lanczos \(now area\)\).*--overwrite"):
+        encode_slide(syn, tmp_path, model=small_model(), mpp=0.75, resample_filter="area", core=256, progress=False)
+    # A resampled map written before the key existed was made with area, the only filter then.
+    from aeutils.slidemap.encode import map_differences
+
+    old = {k: v for k, v in read_settings(area.encoding).items() if k != "resample_filter"}
+    assert map_differences(old, read_settings(area.encoding)) == []
+    assert map_differences(old, read_settings(res.encoding)) == ["--resample-filter area (now lanczos)"]
     img = np.ascontiguousarray(region[:600, :600])
     exact, _ = encode_image(shipped, img, core=256, precision="fp32")
     fast, _ = encode_image(shipped, img, core=256, precision="bf16")
@@ -462,3 +479,135 @@ def test_summary_line_says_what_the_run_did() -> None:
     assert summary_line(resumed) == "a.tiff (30 x 20 px; all 6 tissue tiles resumed from the work folder) + a.rec.tiff"
     same = SlideMap(Path("a.tiff"), None, 0.25, (20, 30), 0, 0, 0.0, 0.0, up_to_date=True)
     assert summary_line(same) == "a.tiff (30 x 20 px, 1 um/px; up to date)"
+
+
+# --------------------------------------------------------------------------------------------- issue 20
+@pytest.fixture()
+def ck(tmp_path: Path) -> Path:
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, small_model())
+    return path
+
+
+def _error_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith("error:")]
+
+
+def test_20_4_a_finished_map_of_other_settings_is_refused(tmp_path: Path, syn: Path, ck: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "maps"
+    common = ("--out", out, "--checkpoint", ck, "--tile", "512", "--quiet", "--precision", "fp32")
+    assert _cli(capsys, syn, *common)[0] == 0
+    made = (out / "syn.encoding.tiff").read_bytes()
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, small_model(seed=1))
+    for extra, what in (
+        (("--view", "raw"), "--view stretch (now raw)"),
+        (("--mpp", "1.0"), "scale (--level/--mpp/--assume-mpp)"),
+        (("--checkpoint", other), "another --checkpoint"),
+    ):
+        code, err = _cli(capsys, syn, *common, *extra)
+        assert code == 2 and "Traceback" not in err
+        assert _error_lines(err) == [ln for ln in err.splitlines() if ln.strip()], err
+        line, = _error_lines(err)
+        assert line.startswith(f"error: {out / 'syn.encoding.tiff'}: a finished map made here with other settings (")
+        assert what in line and line.endswith("use another --out, or --overwrite to replace it")
+        assert (out / "syn.encoding.tiff").read_bytes() == made
+    assert _cli(capsys, syn, *common, "--view", "raw", "--overwrite")[0] == 0
+    assert read_settings(out / "syn.encoding.tiff")["view"] == "raw"
+    assert _cli(capsys, syn, *common, "--view", "raw")[0] == 0  # the same settings again: up to date
+
+
+def test_20_6_a_second_encode_into_a_busy_out_is_refused(tmp_path: Path, syn: Path, ck: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from test_io import hold_lock, release
+
+    out = tmp_path / "maps"
+    holder = hold_lock(out)
+    try:
+        code, err = _cli(capsys, syn, "--out", out, "--checkpoint", ck, "--quiet")
+        with pytest.raises(Exception, match=rf"^{out}: in use by another process \(pid {holder.pid}"):
+            encode_slide(syn, out, model=small_model(), progress=False)
+    finally:
+        release(holder)
+    assert code == 2 and _error_lines(err) == [ln for ln in err.splitlines() if ln.strip()]
+    assert _error_lines(err)[0].startswith(f"error: {out}: in use by another process (pid {holder.pid}")
+    assert not out.exists()
+
+
+def test_20_10_a_damaged_work_file_is_encoded_again(tmp_path: Path, syn: Path) -> None:
+    model = small_model()
+    ref = encode_slide(syn, tmp_path / "ref", model=model, core=256, precision="fp32", progress=False)
+    out = tmp_path / "run"
+
+    def stop_after_4(ty: int, tx: int, seen: list[int] = []) -> None:  # noqa: B006 - a counter
+        seen.append(1)
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_slide(syn, out, model=model, core=256, precision="fp32", progress=False, on_tile=stop_after_4)
+    work = out / ".syn.encoding.work"
+    z, m = sorted(work.glob("z*.npy")), sorted(work.glob("m*.npy"))
+    z[0].write_bytes(z[0].read_bytes()[:-7])  # cut short
+    m[1].write_bytes(b"\x93NUMPY garbage")  # a broken header
+    again = encode_slide(syn, out, model=model, core=256, precision="fp32", progress=False)
+    assert again.encoded == ref.tiles - 2
+    assert (out / "syn.encoding.tiff").read_bytes() == ref.encoding.read_bytes()
+
+
+def test_20_11_a_full_disk_and_wrong_paths_name_the_users_file(tmp_path: Path, syn: Path, ck: Path,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import tifffile
+
+    out = tmp_path / "maps"
+    common = ("--out", out, "--checkpoint", ck, "--tile", "512", "--quiet")
+
+    def full(*a, **k):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(tifffile.TiffWriter, "write", full)
+        code, err = _cli(capsys, syn, *common)
+    assert code == 2 and _error_lines(err) == [f"error: {out / 'syn.encoding.tiff'}: No space left on device"]
+    assert "Traceback" not in err and not list(out.glob("*.tmp")) and (out / ".syn.encoding.work").is_dir()
+
+    def short_write(*a, **k):  # type: ignore[no-untyped-def]
+        raise OSError("4096 requested and 4064 written")  # numpy's words, no errno, no file
+
+    out2 = tmp_path / "maps2"
+    with monkeypatch.context() as mp:
+        mp.setattr(np, "save", short_write)
+        code, err = _cli(capsys, syn, "--out", out2, *common[2:])
+    line, = _error_lines(err)
+    assert code == 2 and line == f"error: {out2 / '.syn.encoding.work' / 'm00000_00000.npy'}: 4096 requested and 4064 written"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, err = _cli(capsys, syn, "--out", a_file, *common[2:])
+    assert code == 2 and _error_lines(err) == [f"error: {a_file}: --out is an existing file, not a folder"]
+    code, err = _cli(capsys, syn, *common, "--figure", tmp_path)
+    assert code == 2 and _error_lines(err) == [f"error: {tmp_path}: --figure is a folder; give the PNG file to write"]
+
+
+def test_20_14_temp_files_of_killed_writes_are_removed_by_the_rerun(tmp_path: Path, syn: Path) -> None:
+    out = tmp_path / "maps"
+    work = out / ".syn.encoding.work"
+    work.mkdir(parents=True)
+    left = [out / ".syn.encoding.tiff.k2j4h6g8.tmp", out / ".syn.reconstruction.tiff.a1b2c3d4.tmp",
+            work / ".z00000_00000.npy.abcdefgh.tmp"]
+    for p in left:
+        p.write_bytes(b"half" * 1000)
+    (out / "notes.tmp").write_text("mine")
+    encode_slide(syn, out, model=small_model(), core=512, precision="fp32", progress=False)
+    assert not any(p.exists() for p in left) and (out / "notes.tmp").read_text() == "mine"
+
+
+def test_20_15_batch_size_0_is_refused(tmp_path: Path, syn: Path, ck: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-3"):
+        code, err = _cli(capsys, syn, "--out", tmp_path / "maps", "--checkpoint", ck, "--batch-size", bad)
+        assert code == 2 and _error_lines(err) == [
+            f"error: --batch-size must be a positive number of tiles per forward pass, got {bad}"]
+    assert not (tmp_path / "maps").exists()

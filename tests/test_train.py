@@ -171,7 +171,8 @@ def test_ddp_backend_follows_the_rank_device(monkeypatch: pytest.MonkeyPatch) ->
     import aeutils.training.distributed as tr
 
     seen: list[str] = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a GPU host
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # pretend a 2-GPU host
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(tr.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(tr.dist, "init_process_group", lambda backend: seen.append(backend))
     monkeypatch.setattr(tr.dist, "get_rank", lambda: 1)
@@ -258,7 +259,7 @@ def test_shipped_model_loads_offline_in_eval_mode(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.delenv("MSCOPY_PRETRAINED", raising=False)
     assert PRETRAINED.is_file() and PRETRAINED.stat().st_size <= 10 * 2**20
-    model = aeutils.load_pretrained()
+    model = aeutils.load_model()
     assert not model.training and model.config.latent_channels == 1
     with torch.no_grad():
         z = model.encode(torch.rand(1, 3, 181, 181))
@@ -350,20 +351,27 @@ def test_train_takes_a_config_object_and_keywords_alike(patch_dir: Path, tmp_pat
 
 def test_auto_resume_continues_a_compatible_run_and_refuses_another(patch_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "auto"
-    first = train(patch_dir, run, epochs=2, max_steps=3, resume="auto", **FAST)  # stopped inside the run
-    assert first.epochs_done == 1
+    first = train(patch_dir, run, epochs=2, max_steps=2, resume="auto", **FAST)  # stopped inside epoch 1 (3 steps)
+    assert (first.epochs_done, first.epoch_steps, first.history) == (0, 2, [])  # an unfinished epoch is not one
     again = train(patch_dir, run, epochs=2, max_steps=None, resume="auto", **FAST)  # a stop is not the recipe
     assert again.epochs_done == 2 and [r["epoch"] for r in again.history] == [1, 2]
+    assert again.global_step == 2 * again.steps_per_epoch
     with pytest.raises(TrainingError, match=r"other settings \(epochs 2 -> 3\); pass --resume \(resume=True\)"):
         train(patch_dir, run, epochs=3, resume="auto", **FAST)
     from aeutils.training import find_runs
 
     assert find_runs(tmp_path) == [run]
-    train(patch_dir, tmp_path / "short", epochs=3, max_steps=2, **FAST)  # unfinished: not picked up
+    train(patch_dir, tmp_path / "short", epochs=3, max_steps=again.steps_per_epoch, **FAST)  # unfinished: not picked up
     assert find_runs(tmp_path) == [run] and set(find_runs(tmp_path, finished=False)) == {run, tmp_path / "short"}
-    from aeutils.checkpoint import CheckpointError, pick_checkpoint, pretrained_path
+    from aeutils.checkpoint import CheckpointError, pretrained_path, save_checkpoint
+    from aeutils.training import pick_checkpoint
 
-    assert pick_checkpoint(runs_dir=tmp_path) == (run / "best.pt", f"model: {run / 'best.pt'} (notebook 03's newest finished run)")
+    black = Autoencoder(TINY)
+    with torch.no_grad():
+        black.decoder[-1].bias.fill_(-100.0)  # every output pixel black: far worse than the run on validation
+    bad = save_checkpoint(tmp_path / "black.pt", black)
+    path, line = pick_checkpoint(runs_dir=tmp_path, reference=bad)
+    assert path == run / "best.pt" and line.startswith(f"model: notebook 03's run {run / 'best.pt'} (val PSNR"), line
     path, line = pick_checkpoint(runs_dir=tmp_path / "none")  # notebooks 04/05 before notebook 03 ran
     assert path == pretrained_path() and line.endswith(f"(no finished run under {tmp_path / 'none'})")
     assert pick_checkpoint(run / "last.pt", tmp_path)[0] == run / "last.pt"  # given wins
@@ -570,3 +578,254 @@ def test_a_finished_run_returns_at_once_and_touches_nothing(
     # more epochs is another recipe: it does train (and reads the patches)
     with pytest.raises(AssertionError, match="must not read the patches"):
         train(patch_dir, run, epochs=3, resume=True, **FAST)
+
+
+# --------------------------------------------------------------------------------------------- issue 20
+def test_20_3_a_second_train_into_a_busy_run_folder_is_refused(patch_dir: Path, tmp_path: Path) -> None:
+    """One writer per run folder: the second process gets one line naming the folder and the first one's pid."""
+    from aeutils.errors import FolderBusyError
+    from test_io import hold_lock, release
+
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(FolderBusyError) as info:
+            train(patch_dir, run, epochs=1, **FAST)
+    finally:
+        release(holder)
+    assert str(info.value).startswith(f"{run}: in use by another process (pid {holder.pid}")
+    assert not run.exists()  # nothing written, the folder the lock made removed again
+
+
+def test_20_14_temp_files_of_killed_checkpoint_writes_are_removed_by_the_rerun(patch_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(patch_dir, run, epochs=1, **FAST)
+    left = [run / ".last.pt.k2j4h6g8.tmp", run / ".best.pt.a1b2c3d4.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    (run / "mine.tmp").write_text("not ours")
+    assert train(patch_dir, run, epochs=2, resume=True, **FAST).epochs_done == 2
+    assert not any(p.exists() for p in left) and (run / "mine.tmp").exists()
+    assert not (run / ".aeutils.lock").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("epochs", "three", 'key "epochs" is "three": expected an integer'),
+     ("lr", -1, 'key "lr" is -1: must be > 0'),
+     ("progress", "yes", 'key "progress" is "yes": expected true or false'),
+     ("time_budget", "soon", 'key "time_budget" is "soon": expected seconds or a number with s, m or h'),
+     ("architecture", {"n_blocks": "x"}, "architecture: n_blocks='x': expected an integer")],
+)
+def test_20_12_a_hand_edited_config_json_names_the_file_and_key(
+    patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: object, message: str
+) -> None:
+    """A wrong value in config.json (edited by hand) is reported with the file and its key, not as a
+    CLI option the user never gave (was: "--epochs 'three': expected an integer")."""
+    import json
+
+    from aeutils.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "1", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--val-limit", "4", "--max-steps", "1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    data = json.loads((run / "config.json").read_text())
+    data[key] = value
+    (run / "config.json").write_text(json.dumps(data))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {run / 'config.json'}: {message}"]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing rewritten
+
+
+def test_20_2_a_budget_stop_inside_an_epoch_resumes_there_and_ends_as_an_uninterrupted_run(
+    patch_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--time-budget stops inside an epoch do not count it as finished (was: "3 epochs" after 59 steps
+    instead of 87): last.pt keeps the position (steps into the epoch, RNG states), and rerunning the same
+    command, one step per call here (a budget of 1 us stops after each call's first step, so every
+    position inside and at the end of an epoch is a stop), ends with the uninterrupted run's step count,
+    bit-identical weights and log.csv rows; the run is marked finished only at the end."""
+    from aeutils.checkpoint import data_digest
+    from aeutils.cli import main
+    from aeutils.training import find_runs
+    from aeutils.training.logs import read_log
+
+    straight = train(patch_dir, tmp_path / "straight", epochs=2, **FAST)
+    per_epoch = straight.steps_per_epoch
+    assert per_epoch >= 3 and straight.global_step == 2 * per_epoch
+    run = tmp_path / "runs" / "budget"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "2", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--val-limit", "8", "--lr", "3e-3", "--time-budget", "0.000001"]
+    for step in range(1, 2 * per_epoch + 1):
+        assert main(argv) == 0
+        out = capsys.readouterr().out.strip().splitlines()[-1]
+        ck = load_checkpoint(run / "last.pt")
+        ts = ck.train_state
+        assert ts["global_step"] == step
+        epochs, into = divmod(step, per_epoch)
+        assert ts["epoch"] == ck.meta["epoch"] == epochs  # only whole epochs count
+        logged = read_log(run / "log.csv", 10**9)
+        assert [r["epoch"] for r in logged] == list(range(1, epochs + 1))  # a row per finished epoch, none for a partial one
+        if into:
+            assert ts["in_epoch"]["steps"] == into
+            assert out.startswith(f"stopped (time_budget) in epoch {epochs + 1} after {into} of its {per_epoch} steps")
+            assert "rerun the same command to continue" in out
+        else:
+            assert "in_epoch" not in ts and out.startswith(f"done (time_budget): {epochs} epochs, {step} steps")
+        assert find_runs(run.parent) == ([run] if step == 2 * per_epoch else [])  # finished only at the end
+    assert main(argv) == 0 and "done (nothing_to_do)" in capsys.readouterr().out
+    wa, wb = _weights(straight.last), _weights(run / "last.pt")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the whole training state too (optimiser moments, schedule, RNG states), not only the weights
+    ta, tb = load_checkpoint(straight.last).train_state, load_checkpoint(run / "last.pt").train_state
+    assert data_digest(ta) == data_digest(tb)
+    timing = {"train_seconds", "images_per_s", "val_seconds"}
+    with open(straight.out_dir / "log.csv") as fa, open(run / "log.csv") as fb:
+        ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    assert [{k: v for k, v in r.items() if k not in timing} for r in ra] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rb]
+
+
+def test_20_2_a_tampered_in_epoch_position_is_caught_by_the_checkpoint_digest(patch_dir: Path, tmp_path: Path) -> None:
+    """The position inside an epoch is part of last.pt's training state, so its sha256 covers it: a
+    changed step count is refused instead of silently replaying other batches."""
+    from aeutils.checkpoint import CheckpointError
+
+    run = tmp_path / "run"
+    train(patch_dir, run, epochs=2, max_steps=2, **FAST)
+    before = (run / "last.pt").read_bytes()
+    again = train(patch_dir, run, epochs=2, max_steps=2, resume=True, **FAST)  # the stop already reached
+    assert (again.stopped, again.global_step, again.epoch_steps) == ("max_steps", 2, 2)  # not one step more
+    assert (run / "last.pt").read_bytes() == before
+    payload = torch.load(run / "last.pt", weights_only=True)
+    assert payload["train_state"]["in_epoch"]["steps"] == 2
+    payload["train_state"]["in_epoch"]["steps"] = 1
+    torch.save(payload, run / "last.pt")
+    with pytest.raises(CheckpointError, match="training state .* do not match their stored sha256 digest"):
+        train(patch_dir, run, epochs=2, resume=True, **FAST)
+
+
+def test_20_2_a_stop_inside_an_epoch_with_loader_workers_resumes_exactly(patch_dir: Path, tmp_path: Path) -> None:
+    """With DataLoader workers (each seeded per epoch, augmenting in its own process) the continuation
+    loads and drops the batches already trained on, so every worker's RNG is where it would be: the
+    same weights as an uninterrupted run with the same workers."""
+    fast = {**FAST, "workers": 2, "verbose": False}
+    straight = train(patch_dir, tmp_path / "straight", epochs=2, **fast)
+    calls = 0
+    while True:
+        result = train(patch_dir, tmp_path / "budget", epochs=2, time_budget=1e-6, resume="auto", **fast)
+        if result.stopped == "nothing_to_do":
+            break
+        calls += 1
+        assert result.global_step == calls  # one step per call: stops inside and at the end of each epoch
+    assert calls == straight.global_step
+    wa, wb = _weights(straight.last), _weights(tmp_path / "budget" / "last.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_20_10_a_full_disk_is_one_error_line_without_a_tensorboard_thread_traceback(
+    patch_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The disk fills during epoch 2 (simulated: TensorBoard's record writes, which run in its writer
+    thread, and the atomic writes of log.csv / last.pt raise OSError(ENOSPC)): `train` ends with exactly
+    one error line (was: that line plus a writer-thread traceback), exit 2, and epoch 1's last.pt is kept."""
+    import errno
+    import threading
+
+    import aeutils.checkpoint
+    import aeutils.io
+    from tensorboard.summary.writer import record_writer
+
+    from aeutils.cli import main
+
+    full = {"now": False}
+
+    def no_space(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def guarded(original):  # type: ignore[no-untyped-def]
+        def write(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return no_space() if full["now"] else original(*args, **kwargs)
+        return write
+
+    monkeypatch.setattr(record_writer.RecordWriter, "write", guarded(record_writer.RecordWriter.write))
+    monkeypatch.setattr(aeutils.io, "atomic_write_bytes", guarded(aeutils.io.atomic_write_bytes))
+    monkeypatch.setattr(aeutils.checkpoint, "atomic_write_bytes", guarded(aeutils.checkpoint.atomic_write_bytes))
+    original_step = Trainer.step
+
+    def step(self, batch):  # type: ignore[no-untyped-def]
+        full["now"] = full["now"] or self.global_step == 3  # epoch 2 of 3-step epochs
+        return original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    thread_errors: list[BaseException] = []  # what reaches the process's thread exception hook (prints a traceback)
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    run = tmp_path / "run"
+    argv = ["train", str(patch_dir), "--out", str(run), "--epochs", "3", "--batch-size", "4", "--crop", "33",
+            "--config", "n_blocks=1", "widths=8,8,4", "--device", "cpu", "--workers", "0", "--no-progress",
+            "--val-limit", "4", "--log-every", "1"]
+    assert main(argv) == 2
+    for thread in threading.enumerate():  # the writer thread has died; let its exception hook finish printing
+        if type(thread).__name__ == "_AsyncWriterThread":
+            thread.join(10)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {run / 'tensorboard'}: No space left on device"], err
+    assert thread_errors == []
+    assert load_checkpoint(run / "last.pt").meta["epoch"] == 1  # the last good checkpoint is kept
+    # full from the start of a call: the TensorBoard writer cannot even be opened, and the same holds
+    full["now"] = True
+    assert main(["train", str(patch_dir), *argv[2:3], str(tmp_path / "other"), *argv[4:]]) == 2
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_AsyncWriterThread":
+            thread.join(10)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "No space left on device" in err, err
+    assert thread_errors == []
+
+
+def _fake_run(root: Path, patches: Path, val_psnr: float) -> Path:
+    """A finished run folder whose ``best.pt`` records ``val_psnr`` (what the trainer writes), without training."""
+    from aeutils.checkpoint import save_checkpoint
+    from aeutils.training import BEST_NAME, LAST_NAME, TrainConfig, write_run_config
+
+    cfg = TrainConfig(epochs=1, architecture=TINY, val_limit=2)  # 2 of the 3 validation patches
+    root.mkdir(parents=True)
+    write_run_config(root, patches, cfg)
+    model = Autoencoder(TINY)
+    metrics = {"val_psnr": val_psnr}
+    save_checkpoint(root / BEST_NAME, model, epoch=1, metrics=metrics)
+    save_checkpoint(root / LAST_NAME, model, epoch=1, metrics=metrics)
+    return root
+
+
+def test_pick_checkpoint_uses_notebook_03s_run_only_when_it_is_not_worse_than_the_shipped_model(
+    patch_dir: Path, tmp_path: Path
+) -> None:
+    from aeutils.checkpoint import pretrained_path
+    from aeutils.training import pick_checkpoint, validation_psnr
+
+    shipped, n = validation_psnr(pretrained_path(), _fake_run(tmp_path / "probe", patch_dir, 0.0))
+    assert n == 2 and 5 < shipped < 60  # the run's val_limit subset; a real reconstruction PSNR
+    runs = tmp_path / "runs"
+    flat = _fake_run(runs / "flat", patch_dir, shipped - 0.5)  # a smoke-sized run: worse on validation
+    path, line = pick_checkpoint(None, runs)
+    assert path == pretrained_path(), line
+    assert f"{shipped:.2f} dB" in line and f"{shipped - 0.5:.2f} dB, so it is not used" in line
+    good = _fake_run(runs / "good", patch_dir, shipped)  # newer, and a tie: the run is kept
+    assert pick_checkpoint(None, runs)[0] == good / "best.pt"
+    import shutil
+
+    shutil.rmtree(good)
+    moved = tmp_path / "moved"  # the run's patches are gone: no comparison, the shipped model, said why
+    shutil.copytree(patch_dir, moved)
+    gone = _fake_run(runs / "gone", moved, 99.0)
+    shutil.rmtree(moved)
+    path, line = pick_checkpoint(None, runs)
+    assert path == pretrained_path() and f"run {gone.name} could not be compared" in line and "is gone" in line
+    assert flat.exists()

@@ -210,15 +210,15 @@ def test_explorer_controls_redraw(explorer: "viz.Explorer") -> None:
     changed()
     ex.view.value = "clahe"
     changed()
-    ex.stage.value = "stage1"
+    ex.tap.value = "stage1"
     assert ex.channel.max == 7 and not ex.channel.disabled
     changed()
     ex.channel.value = 5
     changed()
     assert "stage1 channel 5" in ex.panel.axes[1].get_title() and "8x91x91 px\n1 \u00b5m/px" in ex.panel.axes[1].get_title()
-    ex.stage.value = "stage3"  # 4 channels: the channel is clamped
+    ex.tap.value = "stage3"  # 4 channels: the channel is clamped
     assert ex.channel.max == 3 and ex.channel.value == 3
-    ex.stage.value = "latent"
+    ex.tap.value = "latent"
     assert ex.channel.disabled and ex.channel.value == 0
 
 
@@ -244,12 +244,12 @@ def test_explorer_driven_like_a_reader_in_notebook_04(tiny_model: Autoencoder, p
     ex.view.value = "stretch"
     ex.percentiles.value = (10.0, 90.0)
     images.append(bytes(ex.image.value))
-    ex.stage.value = "stage1"
+    ex.tap.value = "stage1"
     ex.channel.value = 3
     images.append(bytes(ex.image.value))
     assert len(set(images)) == len(images), "a control did not redraw the panel"
     assert "stage1 channel 3" in ex.panel.axes[1].get_title()
-    ex.stage.value, ex.index.value = "latent", 1
+    ex.tap.value, ex.index.value = "latent", 1
     assert ex.panel.figure._suptitle.get_text().startswith(f"patch 1/{n}: ")
     assert "higher is better" in ex.panel.figure._suptitle.get_text()  # which direction PSNR/SSIM are good
     assert "lower is better" in ex.panel.axes[3].get_title()  # and the error map
@@ -390,7 +390,7 @@ def test_import_aeutils_does_not_import_viz() -> None:
 def test_explorer_reuses_an_encoded_batch(tiny_model: Autoencoder, patches: "torch.Tensor") -> None:
     e = encode_batch(tiny_model, patches[:2])  # no features: only the latent is offered
     ex = viz.Explorer(e, mpp=0.499)
-    assert ex.encoded is e and list(ex.stage.options) == ["latent"]
+    assert ex.encoded is e and list(ex.tap.options) == ["latent"]
     before = bytes(ex.image.value)
     ex.index.value = 2
     assert bytes(ex.image.value) != before

@@ -36,7 +36,7 @@ class CalibratedEncodingLoss(EncodingLoss):
 
     def compare(self, pred_feats: Mapping[str, torch.Tensor], target_feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         total: torch.Tensor | None = None
-        for name, w in self.layer_weights.items():
+        for name, w in self.tap_weights.items():
             if not w:
                 continue
             a, b = pred_feats[name], target_feats[name]
@@ -74,7 +74,7 @@ def _channel_distances(loss: EncodingLoss, a: torch.Tensor, b: torch.Tensor) -> 
     """tap -> NxC mean |instance-normalised feature difference| per channel."""
     fa, fb = loss.features(a), loss.features(b)
     out = {}
-    for name, w in loss.layer_weights.items():
+    for name, w in loss.tap_weights.items():
         if w:
             x, y = _instance_norm(fa[name].float()), _instance_norm(fb[name].float())
             out[name] = _pointwise(loss.criterion, x, y).mean(dim=(2, 3))
@@ -98,7 +98,7 @@ def fit_channel_weights(loss: EncodingLoss, hr: torch.Tensor, *, steps: int = 40
         return {t: (w := torch.nn.functional.softplus(theta[t])) / w.mean() for t in taps}
 
     def dist(kind: str, w: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(loss.layer_weights[t] * (D[kind][t] * w[t]).mean(1) for t in taps)
+        return sum(loss.tap_weights[t] * (D[kind][t] * w[t]).mean(1) for t in taps)
 
     def met(w: dict[str, torch.Tensor]) -> float:
         return float(torch.stack([(dist(a, w) < dist(b, w)).float().mean() for a, b in order]).mean())

@@ -31,11 +31,16 @@ def _pointwise(criterion: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
     """Both are batches the encoder takes (:func:`aeutils.model._check_batch`: integer dtype ->
-    ``TypeError``, other shape -> ``ValueError``), of one shape."""
+    ``TypeError``, other shape -> ``ValueError``), of one shape, and finite: a NaN or inf would make
+    the loss NaN silently, so it raises ``ValueError`` naming the input (one ``isfinite`` pass each)."""
     _check_batch(pred, name="pred")
     _check_batch(target, name="target")
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    for name, x in (("pred", pred), ("target", target)):
+        if not bool(torch.isfinite(x.detach()).all()):
+            raise ValueError(f"{name} has NaN or infinite values: expected finite RGB in [0, 1] "
+                             f"(the loss would be NaN)")
 
 
 def _instance_norm(a: torch.Tensor) -> torch.Tensor:

@@ -9,31 +9,42 @@ H&E patches instead: same call convention (``loss = L(pred, target)``, RGB in [0
 """
 from __future__ import annotations
 
-import copy
 import os
+import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
-from torch import nn
 
 from aeutils import speed as _speed
 from aeutils.errors import CheckpointError
 from aeutils.losses.common import (
     CRITERIA, INSTANCE_EPS, _check_criterion, _check_pair, _fuse_conv_bn, _Frozen, _instance_norm, _pointwise,
 )
-from aeutils.model import STAGES, Autoencoder, _check_batch
+from aeutils.model import TAPS, Autoencoder, Encoder, _check_batch
 
-#: default tap weights: the first stage (1/2 resolution) is the most detail-sensitive tap and the deeper
+#: default tap weights: stage1 (1/2 resolution) is the most detail-sensitive tap and the deeper
 #: ones mostly add colour/brightness response (``bench/loss_sensitivity.py``, notebook 05); stopping
 #: after stage1 also makes the loss cheaper
-DEFAULT_LAYER_WEIGHTS: dict[str, float] = {"stage1": 1.0, "stage2": 0.0, "stage3": 0.0, "latent": 0.0}
+DEFAULT_TAP_WEIGHTS: dict[str, float] = {"stage1": 1.0, "stage2": 0.0, "stage3": 0.0, "latent": 0.0}
 #: default feature normalisation: per-image, per-channel standardisation ("instance") removed most of
 #: the brightness/stain response for trained and random encoders alike in the sensitivity bench
 DEFAULT_NORMALIZE = "instance"
 #: smallest side :class:`EncodingLoss` takes (pixels): its 1/4-resolution taps are then 4x4, enough
 #: pixels for the per-image statistics of ``normalize="instance"``
 MIN_SIDE = 16
+
+#: deprecated module names -> current ones (still importable, with a ``DeprecationWarning``)
+_DEPRECATED = {"DEFAULT_LAYER_WEIGHTS": "DEFAULT_TAP_WEIGHTS"}
+
+
+def __getattr__(name: str) -> Any:
+    """``DEFAULT_LAYER_WEIGHTS``: the old name of :data:`DEFAULT_TAP_WEIGHTS` (``DeprecationWarning``)."""
+    if name in _DEPRECATED:
+        warnings.warn(f"aeutils.losses.encoding.{name} is deprecated: use {_DEPRECATED[name]}", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module 'aeutils.losses.encoding' has no attribute {name!r}")
 
 
 class EncodingLoss(_Frozen):
@@ -44,16 +55,18 @@ class EncodingLoss(_Frozen):
     decoder's 4k+1 rule does not apply; same rule as :meth:`aeutils.model.Autoencoder.encoder_forward`),
     float16, bfloat16, float32 or float64 (computed in float32; the gradient comes back in the input's
     dtype), inside or outside ``torch.autocast``. Integer input (uint8 0-255) raises ``TypeError``:
-    convert with ``x.float() / 255``. The result is a float32 scalar: ``weight * sum_k layer_weights[k] * mean(|f_k(pred) - f_k(target)|)``
-    (``criterion="l2"``: squared) over the taps ``k`` in ``("stage1", "stage2", "stage3", "latent")``
-    (ends of the encoder's residual stages at 1/2 and 1/4 resolution, and the 1-channel latent).
+    convert with ``x.float() / 255``. NaN or infinite values raise ``ValueError`` naming the input. The
+    result is a float32 scalar: ``weight * sum_k tap_weights[k] * mean(|f_k(pred) - f_k(target)|)``
+    (``criterion="l2"``: squared) over the taps ``k`` of :data:`aeutils.model.TAPS`, ``("stage1",
+    "stage2", "stage3", "latent")``: the points where the encoder's activations are read (the ends of
+    its residual stages at 1/2 and 1/4 resolution, and the 1-channel latent).
 
     Args:
         model: an :class:`~aeutils.model.Autoencoder`; default: the shipped model
-            (:func:`aeutils.checkpoint.load_pretrained`), unless ``checkpoint`` is given.
+            (:func:`aeutils.checkpoint.load_model` ``()``), unless ``checkpoint`` is given.
         checkpoint: path of an mscopy-AE checkpoint to use instead.
-        layer_weights: tap name -> weight; missing taps weigh 0. Default :data:`DEFAULT_LAYER_WEIGHTS`
-            (stage1 only).
+        tap_weights: tap name -> weight; missing taps weigh 0. Default :data:`DEFAULT_TAP_WEIGHTS`
+            (stage1 only). ``layer_weights``: its deprecated old name (``DeprecationWarning``).
         criterion: ``"l1"`` or ``"l2"``.
         weight: overall factor.
         normalize: ``False``/``"none"``; ``True``/``"channel"``: divide each channel of each tap by
@@ -64,7 +77,8 @@ class EncodingLoss(_Frozen):
             pixel term that keeps colours right. Default :data:`DEFAULT_NORMALIZE` (``"instance"``).
         reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image, shape N).
         fuse: fold BatchNorm into the preceding convolutions of the (copied) encoder: same values,
-            faster. The model passed in is never modified.
+            faster. The model passed in is never modified; the loss keeps a copy of its encoder only
+            (:class:`aeutils.model.Encoder`, no decoder).
         speed: how the encoder runs: None (default) decides per input shape with
             :func:`aeutils.speed.inference_choice` (fp32 until this shape has been seen often enough for
             a probe to pay, then the measured fastest of fp32 / channels_last / bf16 autocast / both,
@@ -101,34 +115,46 @@ class EncodingLoss(_Frozen):
         model: Autoencoder | None = None,
         *,
         checkpoint: str | os.PathLike[str] | None = None,
-        layer_weights: Mapping[str, float] | None = None,
+        tap_weights: Mapping[str, float] | None = None,
         criterion: str = "l1",
         weight: float = 1.0,
         normalize: bool | str = DEFAULT_NORMALIZE,
         reduction: str = "mean",
         fuse: bool = True,
         speed: str | None = None,
+        layer_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
+        if layer_weights is not None:
+            if tap_weights is not None:
+                raise ValueError("give tap_weights= only (layer_weights= is its deprecated old name)")
+            warnings.warn("EncodingLoss(layer_weights=...) is deprecated: use tap_weights=", DeprecationWarning,
+                          stacklevel=2)
+            tap_weights = layer_weights
         if speed is not None and speed not in _speed.CANDIDATES:
             raise ValueError(f"speed must be None or one of {_speed.CANDIDATES}, got {speed!r}")
         self.speed = speed
         if model is not None and checkpoint is not None:
             raise ValueError("give either model= or checkpoint=, not both")
         if model is None:
-            from aeutils.checkpoint import as_model
+            from aeutils.checkpoint import load_model, pretrained_path
 
-            model = as_model(checkpoint)
+            source = Path(checkpoint) if checkpoint is not None else pretrained_path()
+            model = load_model(source)
+        else:
+            source = None
+        #: the checkpoint file the encoder came from (None: a model object was given)
+        self.checkpoint: Path | None = source
         inner = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
         if not isinstance(inner, Autoencoder):
             raise TypeError(f"model must be an aeutils Autoencoder, got {type(inner).__name__}")
-        lw = dict(DEFAULT_LAYER_WEIGHTS if layer_weights is None else layer_weights)
-        unknown = sorted(set(lw) - set(STAGES))
+        tw = dict(DEFAULT_TAP_WEIGHTS if tap_weights is None else tap_weights)
+        unknown = sorted(set(tw) - set(TAPS))
         if unknown:
-            raise ValueError(f"unknown layer_weights taps {unknown}; taps are {list(STAGES)}")
-        self.layer_weights = {k: float(lw.get(k, 0.0)) for k in STAGES}
-        if not any(self.layer_weights.values()):
-            raise ValueError("layer_weights: at least one tap needs a non-zero weight")
+            raise ValueError(f"unknown tap_weights taps {unknown}; taps are {list(TAPS)}")
+        self.tap_weights = {k: float(tw.get(k, 0.0)) for k in TAPS}
+        if not any(self.tap_weights.values()):
+            raise ValueError("tap_weights: at least one tap needs a non-zero weight")
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         _check_criterion(criterion)
@@ -136,41 +162,54 @@ class EncodingLoss(_Frozen):
         if normalize not in modes:
             raise ValueError(f"normalize must be one of False, True, 'none', 'channel', 'instance', got {normalize!r}")
         self.criterion, self.weight, self.normalize, self.reduction = criterion, float(weight), modes[normalize], reduction
-        #: a float32 eval-mode copy of the model (encoder BatchNorms folded when ``fuse``); the loss
-        #: encodes with its :meth:`~aeutils.model.Autoencoder.encoder_forward`, never with a copy of that loop
-        self.model = copy.deepcopy(inner).float().eval()
+        #: a float32 eval-mode copy of the model's encoder, no decoder (BatchNorms folded when ``fuse``);
+        #: the loss encodes with the model's own pass (:meth:`~aeutils.model.Autoencoder.encoder_forward`)
+        self.encoder = Encoder(inner).float().eval()
+        self.fused = bool(fuse)
         if fuse:
-            _fuse_conv_bn(self.model.encoder)
+            _fuse_conv_bn(self.encoder.encoder)
         #: the deepest tap with a non-zero weight: the encoder stops there in forward()
-        self._stop_after = max((k for k in STAGES if self.layer_weights[k]), key=STAGES.index)
+        self._stop_after = max((k for k in TAPS if self.tap_weights[k]), key=TAPS.index)
         self._freeze()
 
     @property
-    def encoder(self) -> nn.ModuleList:
-        """The frozen encoder stages the loss runs (those of its model copy, BatchNorm folded when ``fuse``)."""
-        return self.model.encoder
+    def layer_weights(self) -> dict[str, float]:
+        """Deprecated old name of :attr:`tap_weights` (``DeprecationWarning``)."""
+        warnings.warn("EncodingLoss.layer_weights is deprecated: use tap_weights", DeprecationWarning, stacklevel=2)
+        return self.tap_weights
 
     def extra_repr(self) -> str:
-        return f"layer_weights={self.layer_weights}, criterion={self.criterion!r}, weight={self.weight}, normalize={self.normalize}"
+        """What the loss computes, on one line: where its encoder came from, the taps read (non-zero
+        weights only), criterion, normalisation and weight."""
+        c = self.encoder.config
+        source = "a given model" if self.checkpoint is None else repr(str(self.checkpoint))
+        taps = {k: w for k, w in self.tap_weights.items() if w}
+        return (f"checkpoint={source} (widths {'-'.join(map(str, c.widths))}, latent {c.latent_channels}), "
+                f"taps={taps}, criterion={self.criterion!r}, normalize={self.normalize!r}, weight={self.weight}")
+
+    def __repr__(self) -> str:
+        """``EncodingLoss(checkpoint=..., taps=..., criterion=..., normalize=..., weight=...)``: one line, not
+        the encoder's module tree (``loss.encoder`` prints that)."""
+        return f"{type(self).__name__}({self.extra_repr()})"
 
     def _taps(self, x: torch.Tensor, stop_after: str) -> dict[str, torch.Tensor]:
         """The taps up to ``stop_after`` of ``x`` (checked here, encoded in float32 by the model's own pass)."""
         _check_batch(x)  # before .float(): integer input must be refused, not cast
         if min(x.shape[-2:]) < MIN_SIDE:
             raise ValueError(f"EncodingLoss needs sides of at least {MIN_SIDE} px, got {tuple(x.shape[-2:])}")
-        taps = STAGES[: STAGES.index(stop_after) + 1]
-        return self.model.encoder_forward(x.float(), taps, stop_after=stop_after)[1]
+        taps = TAPS[: TAPS.index(stop_after) + 1]
+        return self.encoder(x.float(), taps, stop_after=stop_after)[1]
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All four taps of ``x`` (Nx3xHxW RGB in [0, 1], any H, W >= 16), keyed by
-        :data:`aeutils.model.STAGES`; for H = W = 128: stage1 NxC1x64x64, stage2/stage3 at 32x32,
+        """The activations at all four taps of ``x`` (Nx3xHxW RGB in [0, 1], any H, W >= 16), keyed by
+        :data:`aeutils.model.TAPS`; for H = W = 128: stage1 NxC1x64x64, stage2/stage3 at 32x32,
         latent Nx1x32x32 (sides ``ceil(H/2)``, ``ceil(H/4)``). Differentiable w.r.t. ``x``."""
-        return self._taps(x, STAGES[-1])
+        return self._taps(x, TAPS[-1])
 
     def compare(self, pred_feats: Mapping[str, torch.Tensor], target_feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The loss per image (shape N, before ``weight``) from two feature dicts of :meth:`features`."""
         total: torch.Tensor | None = None
-        for name, w in self.layer_weights.items():
+        for name, w in self.tap_weights.items():
             if not w:
                 continue
             a, b = pred_feats[name], target_feats[name]

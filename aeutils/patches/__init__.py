@@ -23,7 +23,8 @@ Tissue: by default a mask detected on a thumbnail (:mod:`aeutils.tissue`); ``mas
 ``--mask-dir`` give your own (as histolab's ``extraction_mask`` and TIAToolbox's ``input_mask``).
 
 Scale (:mod:`aeutils.scale`): ``level`` (default 0) is read as is; ``mpp`` picks the level within 10 %
-of it, or else downsamples the next finer level (area filter, antialiased; never upsampling a coarser one).
+of it, or else downsamples the next finer level (antialiased, ``resample_filter`` / ``--resample-filter``:
+Lanczos by default, which keeps tissue detail; never upsampling a coarser one).
 At factor 1 each patch is exactly ``OpenSlide.read_region((x, y), level, (size, size)).convert("RGB")``.
 To avoid decoding shared tiles once per patch, neighbouring cells are read as one strip and sliced
 (pixel-identical at level 0 and at levels with an integer downsample; other levels are read per
@@ -39,7 +40,11 @@ Writes are atomic (temp file + rename) and the PNG encoding is deterministic, so
 manifest, or a full decode for unlisted ones) are skipped and the final tree is byte-identical to an
 uninterrupted run. Nothing is deleted silently: a rerun whose grid differs from the one a slide was
 extracted with is refused (``overwrite=True`` / ``--overwrite`` replaces it); a slide that fails
-mid-way has the files of this run removed; other slides' rows are kept only if their files exist.
+mid-way has the files of this run removed; other slides' rows are kept only if their files exist;
+``--overwrite`` never removes a file a manifest row names outside OUT (reported in one line). One writer
+per OUT (:func:`aeutils.io.folder_lock`, ``OUT/.aeutils.lock`` with the owner's pid): a second run is
+refused in one line naming the first; ``--shard K/N`` runs write beside each other (each locks its
+shard) but not beside an unsharded run. A run that holds OUT removes the temp files killed writes left.
 
 This package (and the ``extract`` command) never imports torch.
 """
@@ -55,27 +60,19 @@ from aeutils.patches.grid import (
 from aeutils.patches.qc import drawable_text, plot_grid
 from aeutils.patches.runner import BLOCK_SIDE, default_workers
 
+#: the user-facing names; the plumbing imported above (CLI wiring, codecs, internals) stays importable from
+#: here for the package's own modules and tests, but is not exported
 __all__ = [
-    "GridCell",
-    "SlidePlan",
-    "MANIFEST_COLUMNS",
-    "MANIFEST_NAME",
-    "REQUIRED_COLUMNS",
-    "LABEL_DIRS",
-    "BLOCK_SIDE",
+    "extract",
     "plan_grid",
     "plan_slide",
     "sample_cells",
     "shard_of",
     "parse_shard",
-    "extract",
+    "GridCell",
+    "SlidePlan",
     "read_manifest",
+    "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
     "plot_grid",
-    "drawable_text",
-    "encode_png",
-    "png_complete",
-    "manifest_row",
-    "default_workers",
-    "add_cli_arguments",
-    "run_cli",
 ]

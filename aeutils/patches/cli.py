@@ -76,7 +76,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
     manifest = extract(
         args.slides, args.out, patch_size=args.patch_size, level=args.level, mpp=args.mpp,
-        assume_mpp=args.assume_mpp, stride=args.stride, min_tissue=args.min_tissue, annotations=args.annotations,
+        assume_mpp=args.assume_mpp, resample_filter=args.resample_filter, stride=args.stride, min_tissue=args.min_tissue, annotations=args.annotations,
         mask=_mask_option(args), keep=args.keep, max_patches=args.max_patches, seed=args.seed, shard=args.shard,
         overwrite=args.overwrite, workers=args.workers, progress=not args.quiet, on_error=report,
     )

@@ -111,5 +111,5 @@ def manifest_row(plan: SlidePlan, c: GridCell, nbytes: int | None = None) -> dic
         "downsample": _fmt(plan.downsample, 8), "slide_width": str(plan.dimensions[0]),
         "slide_height": str(plan.dimensions[1]), "stride": str(plan.stride), "resample": _fmt(plan.factor, 8),
         "mpp_source": plan.mpp_source or "", "bytes": "" if nbytes is None else str(nbytes),
-        "tissue_source": plan.tissue_source,
+        "tissue_source": plan.tissue_source, "resample_filter": plan.resample_filter or "",
     }

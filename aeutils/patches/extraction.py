@@ -15,19 +15,22 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from aeutils.errors import AeutilsError, AnnotationError, PatchError, SlideError
-from aeutils.manifest import MANIFEST_NAME, shard_manifest_name
+from aeutils.io import LOCK_NAME, folder_lock, missing_reason, remove_temp_files
+from aeutils.manifest import MANIFEST_NAME, SHARD_LOCK_GLOB, shard_lock_name, shard_manifest_name
 from aeutils.patches.grid import (
-    SlidePlan, check_grid_options, check_positive, keep_label, norm_level, parse_shard, plan_slide, shard_of,
+    LABEL_DIRS, SlidePlan, check_grid_options, check_positive, keep_label, norm_level, parse_shard, plan_slide,
+    shard_of,
 )
 from aeutils.patches.qc import save_qc
 from aeutils.patches.resume import OutFolder, check_out, fold_shard_manifests
 from aeutils.patches.runner import Task, TaskResult, blocks, close_handles, default_workers, run_task, start_pool
-from aeutils.scale import check_assume_mpp
+from aeutils.scale import check_assume_mpp, check_filter
 
 __all__ = ["extract", "MANIFEST_EVERY_S"]
 
@@ -48,7 +51,8 @@ def _check_mask(mask: Any, n_slides: int) -> None:
         return
     if isinstance(mask, (str, os.PathLike)):
         if not Path(mask).exists():
-            raise PatchError(f"{mask}: no such mask file or folder")
+            why = missing_reason(mask)
+            raise PatchError(f"{mask}: " + ("no such mask file or folder" if why == "no such file" else str(why)))
         if Path(mask).is_dir():
             return
     elif not isinstance(mask, np.ndarray):
@@ -96,6 +100,7 @@ def extract(
     level: int | None = 0,
     mpp: float | None = None,
     assume_mpp: float | None = None,
+    resample_filter: str | None = None,
     stride: int | None = None,
     min_tissue: float = 0.5,
     annotations: Any = None,
@@ -113,7 +118,9 @@ def extract(
     """Cut the tissue cells of ``slides`` into ``out`` (PNG tree + manifest + QC figures).
 
     Grid and scale parameters as in :func:`plan_slide` (``mpp``/``assume_mpp``: microns per pixel of
-    the patches / of the slides' level 0); ``mask``: your own tissue mask instead of the automatic one
+    the patches / of the slides' level 0; ``resample_filter``: how a level is downsampled when no level
+    has ``mpp``, a key of :data:`aeutils.scale.FILTERS`, default ``"lanczos"``; the manifest's
+    ``resample_filter`` column records it); ``mask``: your own tissue mask instead of the automatic one
     (for one slide an H x W bool array or a PNG/TIFF file covering the whole slide at any resolution,
     nonzero = tissue; for several a folder of ``<slide stem>.png`` or a dict slide name -> mask;
     ``min_tissue`` then applies to the mask's fraction per patch; the manifest's ``tissue_source``
@@ -137,12 +144,14 @@ def extract(
     paths = [slides] if isinstance(slides, (str, os.PathLike)) else list(slides)
     size, level = _check_options(paths, patch_size, level, mpp, assume_mpp, stride, min_tissue, annotations, mask,
                                  keep, max_patches)
+    resample_filter = check_filter(resample_filter)
     shard_kn = parse_shard(shard)
     nworkers = default_workers() if workers is None else check_positive("workers", workers)
     out = Path(out)
     check_out(out)
     plan_of = partial(plan_slide, patch_size=size, level=level, stride=stride, min_tissue=min_tissue,
-                      annotations=annotations, mpp=mpp, assume_mpp=assume_mpp, keep=keep, max_patches=max_patches,
+                      annotations=annotations, mpp=mpp, assume_mpp=assume_mpp, resample_filter=resample_filter,
+                      keep=keep, max_patches=max_patches,
                       seed=seed, mask=mask)
 
     notes = _Notes(log or _print, on_error)
@@ -150,21 +159,37 @@ def extract(
     for err in name_errors:
         notes.fail(err)
     manifest = out / (MANIFEST_NAME if shard_kn is None else shard_manifest_name(*shard_kn))
-    folder = OutFolder(out, manifest, {p.stem for p in unique}, notes.say)
-    run = _Run(folder, notes, nworkers if unique else 1, progress)
-    completed = False
-    try:
-        for p in unique:
-            run.queue(plan_of, p, overwrite)
-        run.collect()
-        completed = True
-    finally:
-        manifest = run.close(completed)
-        if completed and shard_kn is None:
-            fold_shard_manifests(out, {pl.name for pl in folder.plans} - folder.failed)
+    with _out_lock(out, shard_kn):
+        folder = OutFolder(out, manifest, {p.stem for p in unique}, notes.say)
+        run = _Run(folder, notes, nworkers if unique else 1, progress)
+        completed = False
+        try:
+            for p in unique:
+                run.queue(plan_of, p, overwrite)
+            run.collect()
+            completed = True
+        finally:
+            manifest = run.close(completed)
+            if completed and shard_kn is None:
+                fold_shard_manifests(out, {pl.name for pl in folder.plans} - folder.failed)
     if notes.errors and on_error is None:
         raise notes.errors[0]
     return manifest
+
+
+@contextmanager
+def _out_lock(out: Path, shard: tuple[int, int] | None) -> Iterator[None]:
+    """Hold the output folder's lock (:func:`aeutils.io.folder_lock`). An unsharded run is the one
+    writer (no ``--shard`` run beside it either) and removes the temp files killed writes left; a
+    ``--shard K/N`` run is the one writer of shard K/N beside the other shards (they write other slides)."""
+    if shard is None:
+        with folder_lock(out, "extract", exclusive_of=(SHARD_LOCK_GLOB,)):
+            remove_temp_files(out, LABEL_DIRS.values())
+            yield
+    else:
+        k, n = shard
+        with folder_lock(out, f"extract --shard {k}/{n}", name=shard_lock_name(k, n), exclusive_of=(LOCK_NAME,)):
+            yield
 
 
 def _check_options(

@@ -87,6 +87,11 @@ class SlidePlan:
         return 1.0 if self.scale is None else self.scale.factor
 
     @property
+    def resample_filter(self) -> str | None:
+        """The filter the patches are resampled with (:data:`aeutils.scale.FILTERS`); None when not resampled."""
+        return self.scale.filter if self.scale is not None and self.scale.resampled else None
+
+    @property
     def mpp_source(self) -> str | None:
         """``"slide"``, ``"assumed"`` or ``None``."""
         return None if self.scale is None else self.scale.mpp_source
@@ -193,6 +198,7 @@ def plan_slide(
     mpp: float | None = None,
     assume_mpp: float | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    resample_filter: str | None = None,
     keep: str | None = None,
     max_patches: int | None = None,
     seed: int = 0,
@@ -200,7 +206,8 @@ def plan_slide(
 ) -> SlidePlan:
     """Plan the grid of an open :class:`~aeutils.slides.Slide` (or a path): scale, tissue mask, cells, labels.
 
-    Scale: ``level`` or ``mpp`` / ``assume_mpp`` as in :func:`aeutils.scale.resolve_scale`. The grid is
+    Scale: ``level`` or ``mpp`` / ``assume_mpp`` / ``resample_filter`` as in
+    :func:`aeutils.scale.resolve_scale` (its ``filter``). The grid is
     ``patch_size`` patch pixels every ``stride`` (default ``patch_size``) patch pixels from the top-left,
     cells wholly inside the slide, kept when their tissue fraction is ``>= min_tissue``; ``keep``
     (``"tumour"`` / ``"normal"``) then ``max_patches`` (a seeded uniform sample, :func:`sample_cells`)
@@ -211,9 +218,7 @@ def plan_slide(
     or no tissue; :class:`AnnotationError` for unreadable annotations; :class:`PatchError` for a mask
     that is missing, unreadable or does not match the slide's shape.
     """
-    from aeutils.annotations import TUMOUR_THRESHOLD, Annotations, annotation_for_slide
     from aeutils.slides import Slide, open_slide
-    from aeutils.tissue import detect_tissue, mask_for_slide, user_mask
 
     size, stride_opt = check_grid_options(patch_size, stride, min_tissue, max_patches)
     stride = size if stride_opt is None else stride_opt
@@ -222,61 +227,112 @@ def plan_slide(
     own = not isinstance(slide, Slide)
     s = open_slide(slide) if own else slide
     try:
-        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp, tolerance=tolerance)
-        lvl = choice.level
-        ow, oh = choice.output_dimensions
-        if size > ow or size > oh:
-            where = f"level {lvl}" if not choice.resampled else f"level {lvl} resampled to {choice.mpp:g} um/px"
-            raise SlideError(f"{s.path}: patch size {size} px is larger than {where} ({ow} x {oh} px)")
-        ds = choice.downsample
-        w0, h0 = s.dimensions
-        foot = size * ds  # cell side in level-0 pixels
-        if mask is None:
-            # Tissue mask with >= ~8 mask pixels per cell side (1024..4096 px; a level near that size is used as is).
-            max_side = int(min(4096, max(1024, math.ceil(max(w0, h0) * 8 / foot))))
-            thumb, tissue = detect_tissue(s, max_side)
-            if not tissue.mask.any():
-                raise SlideError(f"{s.path}: no tissue found (the tissue mask of the thumbnail is empty)")
-        else:
-            tissue = user_mask(mask_for_slide(mask, s.name), (w0, h0), slide=s.path)
-            if not tissue.mask.any():
-                raise SlideError(f"{s.path}: no tissue found (the mask {tissue.source} is empty)")
-            thumb = s.thumbnail(1024)  # for the QC figure only
-        lxs = np.arange(0, ow - size + 1, stride, dtype=np.int64)
-        lys = np.arange(0, oh - size + 1, stride, dtype=np.int64)
-        gx, gy = np.meshgrid(lxs, lys)  # row-major: y then x
-        xs = np.rint(gx.ravel() * ds).astype(np.int64)
-        ys = np.rint(gy.ravel() * ds).astype(np.int64)
-        tf = tissue.fractions(xs, ys, foot, foot)
-        sel = tf >= float(min_tissue)
-        xs, ys, tf = xs[sel], ys[sel], tf[sel]
-        if len(xs) == 0:
-            what = "tissue fraction" if mask is None else f"mask fraction ({tissue.source})"
-            raise SlideError(
-                f"{s.path}: no tissue found (no {size} px cell at level {lvl} has {what} >= {min_tissue:g})"
-            )
-        tumour: np.ndarray | None = None
-        if annotations is not None:
-            ann = annotations if isinstance(annotations, Annotations) else annotation_for_slide(annotations, s.name)
-            tmask = ann.mask((w0, h0), max_side=8192, min_scale=32.0 / foot)
-            tumour = tmask.fractions(xs, ys, foot, foot)
-        cells = []
-        for i in range(len(xs)):
-            tuf = None if tumour is None else round(float(tumour[i]), 6)
-            label = None if tuf is None else int(tuf >= TUMOUR_THRESHOLD)
-            cells.append(GridCell(int(xs[i]), int(ys[i]), lvl, size, round(float(tf[i]), 6), tuf, label))
-        n_grid = len(cells)
-        if kept_label is not None:
-            cells = [c for c in cells if c.label == kept_label]
-        cells = sample_cells(cells, max_patches, s.name, seed)
+        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp, tolerance=tolerance,
+                               filter=resample_filter)
+        _check_fits(s, choice, size)
+        foot = size * choice.downsample  # cell side in level-0 pixels
+        thumb, tissue = _tissue_mask(s, mask, foot)
+        xs, ys = _grid_origins(choice, size, stride)
+        cell = f"{size} px cell at level {choice.level}"
+        xs, ys, tf = _tissue_cells(s, tissue, xs, ys, foot, float(min_tissue), cell, own_mask=mask is not None)
+        tumour = _tumour_fractions(s, annotations, xs, ys, foot)
+        cells = _cells(xs, ys, tf, tumour, choice.level, size)
+        selected = _select(cells, kept_label, max_patches, s.name, seed)
         return SlidePlan(
-            path=s.path, name=s.name, level=lvl, size=size, stride=stride, downsample=ds,
-            mpp=choice.mpp, cells=cells, dimensions=(int(w0), int(h0)),
-            thumbnail=thumb, tissue=tissue, scale=choice, grid_cells=n_grid,
+            path=s.path, name=s.name, level=choice.level, size=size, stride=stride, downsample=choice.downsample,
+            mpp=choice.mpp, cells=selected, dimensions=(int(s.dimensions[0]), int(s.dimensions[1])),
+            thumbnail=thumb, tissue=tissue, scale=choice, grid_cells=len(cells),
         )
     finally:
         if own:
             s.close()
+
+
+def _check_fits(s: Any, choice: ScaleChoice, size: int) -> None:
+    """Raise :class:`SlideError` if a ``size`` px patch is larger than the slide at ``choice``'s scale."""
+    ow, oh = choice.output_dimensions
+    if size > ow or size > oh:
+        lvl = choice.level
+        where = f"level {lvl}" if not choice.resampled else f"level {lvl} resampled to {choice.mpp:g} um/px"
+        raise SlideError(f"{s.path}: patch size {size} px is larger than {where} ({ow} x {oh} px)")
+
+
+def _tissue_mask(s: Any, mask: Any, foot: float) -> tuple[np.ndarray, Any]:
+    """``(thumbnail, TissueMask)`` of slide ``s``: detected on a thumbnail with >= ~8 mask pixels per cell
+    side of ``foot`` level-0 px, or the caller's ``mask`` (then the thumbnail is for the QC figure only).
+    Raises :class:`SlideError` if the mask is empty."""
+    from aeutils.tissue import detect_tissue, mask_for_slide, user_mask
+
+    w0, h0 = s.dimensions
+    if mask is None:
+        # 1024..4096 px; a level near that size is used as is.
+        max_side = int(min(4096, max(1024, math.ceil(max(w0, h0) * 8 / foot))))
+        thumb, tissue = detect_tissue(s, max_side)
+        if not tissue.mask.any():
+            raise SlideError(f"{s.path}: no tissue found (the tissue mask of the thumbnail is empty)")
+        return thumb, tissue
+    tissue = user_mask(mask_for_slide(mask, s.name), (w0, h0), slide=s.path)
+    if not tissue.mask.any():
+        raise SlideError(f"{s.path}: no tissue found (the mask {tissue.source} is empty)")
+    return s.thumbnail(1024), tissue
+
+
+def _grid_origins(choice: ScaleChoice, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level-0 ``(xs, ys)`` (int64) of every cell wholly inside the slide at ``choice``'s scale, row-major."""
+    ow, oh = choice.output_dimensions
+    ds = choice.downsample
+    lxs = np.arange(0, ow - size + 1, stride, dtype=np.int64)
+    lys = np.arange(0, oh - size + 1, stride, dtype=np.int64)
+    gx, gy = np.meshgrid(lxs, lys)  # row-major: y then x
+    return np.rint(gx.ravel() * ds).astype(np.int64), np.rint(gy.ravel() * ds).astype(np.int64)
+
+
+def _tissue_cells(
+    s: Any, tissue: Any, xs: np.ndarray, ys: np.ndarray, foot: float, min_tissue: float, what: str, *, own_mask: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cells (level-0 origins, side ``foot``) whose tissue fraction is ``>= min_tissue``, and their
+    fractions; raises :class:`SlideError` naming ``what`` a cell is if none is."""
+    tf = tissue.fractions(xs, ys, foot, foot)
+    sel = tf >= min_tissue
+    if not sel.any():
+        frac = f"mask fraction ({tissue.source})" if own_mask else "tissue fraction"
+        raise SlideError(f"{s.path}: no tissue found (no {what} has {frac} >= {min_tissue:g})")
+    return xs[sel], ys[sel], tf[sel]
+
+
+def _tumour_fractions(s: Any, annotations: Any, xs: np.ndarray, ys: np.ndarray, foot: float) -> np.ndarray | None:
+    """Tumour fraction of each cell from ``annotations`` (a path or :class:`Annotations`), or None without."""
+    if annotations is None:
+        return None
+    from aeutils.annotations import Annotations, annotation_for_slide
+
+    ann = annotations if isinstance(annotations, Annotations) else annotation_for_slide(annotations, s.name)
+    w0, h0 = s.dimensions
+    tmask = ann.mask((w0, h0), max_side=8192, min_scale=32.0 / foot)
+    return tmask.fractions(xs, ys, foot, foot)
+
+
+def _cells(
+    xs: np.ndarray, ys: np.ndarray, tf: np.ndarray, tumour: np.ndarray | None, level: int, size: int
+) -> list[GridCell]:
+    """:class:`GridCell` per origin, labelled tumour (1) / normal (0) by ``TUMOUR_THRESHOLD`` when annotated."""
+    from aeutils.annotations import TUMOUR_THRESHOLD
+
+    cells = []
+    for i in range(len(xs)):
+        tuf = None if tumour is None else round(float(tumour[i]), 6)
+        label = None if tuf is None else int(tuf >= TUMOUR_THRESHOLD)
+        cells.append(GridCell(int(xs[i]), int(ys[i]), level, size, round(float(tf[i]), 6), tuf, label))
+    return cells
+
+
+def _select(
+    cells: list[GridCell], kept_label: int | None, max_patches: int | None, name: str, seed: int
+) -> list[GridCell]:
+    """The cells of label ``kept_label`` (None: all), then a seeded sample of ``max_patches`` (:func:`sample_cells`)."""
+    if kept_label is not None:
+        cells = [c for c in cells if c.label == kept_label]
+    return sample_cells(cells, max_patches, name, seed)
 
 
 def plan_grid(

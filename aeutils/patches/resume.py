@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 from aeutils.errors import PatchError
+from aeutils.io import TEMP_RE, path_inside
 from aeutils.manifest import SHARD_RE, read_raw_manifest, write_manifest
 from aeutils.patches.codec import manifest_row, png_complete
 from aeutils.patches.grid import LABEL_DIRS, GridCell, SlidePlan
 
 __all__ = ["OutFolder", "settings_diff", "scan", "check_out", "fold_shard_manifests"]
 
-_TMP_RE = re.compile(r"^\.(.+)\.[^.]+\.tmp$")  # .<target name>.<random>.tmp (aeutils.io.atomic_path)
+_TMP_RE = TEMP_RE  # .<target name>.<random>.tmp (aeutils.io.atomic_path)
 _PNG_RE = re.compile(r"^(.+)_(\d+)_(\d+)\.png$")
 
 
@@ -37,11 +38,14 @@ def settings_diff(old: list[dict[str, str]], plan: SlidePlan) -> list[str]:
     new = manifest_row(plan, plan.cells[0])
     diffs = []
     for opt, col in (("--patch-size", "size"), ("--stride", "stride"), ("--level", "level"),
-                     ("resample factor", "resample"), ("mpp", "mpp"), ("mpp source", "mpp_source")):
+                     ("resample factor", "resample"), ("--resample-filter", "resample_filter"), ("mpp", "mpp"),
+                     ("mpp source", "mpp_source")):
         was = {r.get(col) or "" for r in old} - {""}
         now = new.get(col, "")
         if col in ("resample",) and not was:
             was = {"1"}
+        if col == "resample_filter" and not was and any((r.get("resample") or "1") != "1" for r in old):
+            was = {"area"}  # resampled rows written before the column: area was extract's only filter then
         if was and now and was != {now}:
             diffs.append(f"{opt} {', '.join(sorted(was))} (now {now})")
     if diffs and diffs[0].startswith("--patch-size") and len(diffs) > 1 and diffs[1].startswith("--stride"):
@@ -109,7 +113,7 @@ class OutFolder:
 
     def __init__(self, out: Path, manifest: Path, names: set[str], say: Callable[[str], None]):
         self.out, self.manifest, self.names, self.say = out, manifest, names, say
-        old_rows = read_raw_manifest(manifest)
+        old_rows = read_raw_manifest(manifest, say)
         self.on_disk, self.tmps = scan(out)
         self.old_by_slide: dict[str, list[dict[str, str]]] = {}
         for r in old_rows:
@@ -158,9 +162,18 @@ class OutFolder:
             raise PatchError(f"{out}: slide {name} was extracted here {why}; {lost}: use another --out, "
                              f"or --overwrite to replace them")
         if stale or diffs:
+            outside = []
             for rel in sorted(earlier):
-                (out / rel).unlink(missing_ok=True)
-            self.say(f"{name}: --overwrite: removed {len(earlier)} patches of an earlier run with other settings")
+                inside = path_inside(out, rel)
+                if inside is None:
+                    outside.append(rel)
+                else:
+                    inside.unlink(missing_ok=True)
+            if outside:
+                self.say(f"warning: {self.manifest}: {len(outside)} rows of slide {name} name files outside {out} "
+                         f"({outside[0]!r}{', ...' if len(outside) > 1 else ''}); left alone, rows dropped")
+            n = len(earlier) - len(outside)
+            self.say(f"{name}: --overwrite: removed {n} patches of an earlier run with other settings")
             self.old_by_slide.pop(name, None)
             self.on_disk.pop(name, None)
         for target, files in self.tmps.items():  # this slide's leftovers of an interrupted run

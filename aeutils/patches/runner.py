@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from aeutils.errors import AeutilsError, PatchError, SlideError
+from aeutils.errors import AeutilsError, PatchError, SlideError, one_line
 from aeutils.io import atomic_write_bytes
 from aeutils.patches.codec import encode_png
 from aeutils.patches.grid import GridCell, SlidePlan
@@ -140,7 +140,7 @@ def run_task(task: Task) -> TaskResult:
                 # One read per strip; each patch is then what a read of its own would give.
                 region = read_level(task.slide, task.level, ds, r.x0, r.y0, r.w, r.h)
             except openslide.OpenSlideError as exc:
-                why = f"cannot read pixels ({' '.join(str(exc).split())}); truncated or corrupt file?"
+                why = f"cannot read pixels ({one_line(exc)}); truncated or corrupt file?"
                 return TaskResult(sizes, SlideError(f"{task.slide}: {why}"))
             for ox, oy, rel in r.patches:
                 data = encode_png(resample_region(task.scale, region, r.x0, r.y0, ox, oy, task.size, task.size))

@@ -12,7 +12,7 @@ transform that leaves the target clean (``stain_jitter`` changes both); the fiel
 """
 import argparse, math, time
 import numpy as np, torch
-from aeutils.checkpoint import load_pretrained, save_checkpoint
+from aeutils.checkpoint import load_model, save_checkpoint
 from aeutils.data import PatchDataset, hed_jitter
 from aeutils.training import ReconstructionLoss
 
@@ -27,8 +27,7 @@ ap.add_argument("--lr", type=float, default=1e-3)
 ap.add_argument("--init", default=None)
 a = ap.parse_args()
 torch.set_num_threads(1); torch.manual_seed(0); np.random.seed(0)
-from aeutils.checkpoint import as_model
-model = (as_model(a.init) if a.init else load_pretrained()).train()
+model = load_model(a.init).train()  # a.init None: the shipped model
 ds = PatchDataset("work/two_tissue", "train", crop=61, augment=True)
 dl = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=0, drop_last=True)
 lossf = ReconstructionLoss(mse=1.0, ssim=0.05)

@@ -32,7 +32,10 @@ How (all sizes in *input pixels*: pixels at the scale chosen by :mod:`aeutils.sc
 * **Resume.** The work folder records the run's settings (slide, scale, model digest, tiling);
   rerunning the same command continues where it stopped, other settings restart it. The TIFF is
   written to a temporary name and renamed when complete: never a half-written file under the final
-  name. A finished map whose settings match is left as is ("up to date").
+  name. A finished map whose settings match is left as is ("up to date"); one made with other settings
+  (view, checkpoint, scale: :func:`~aeutils.slidemap.encode.map_differences`) is refused unless
+  ``overwrite`` (``--overwrite``). A damaged work file is encoded again. One writer per output folder
+  (:func:`aeutils.io.folder_lock`): a second ``encode`` into it is refused in one line naming the first.
 
 One module per idea (all sizes in input pixels unless named latent):
 
@@ -68,41 +71,18 @@ from aeutils.slidemap.stats import EQ_BINS, STAT_BINS, VIEWS, MapStats, to_uint8
 from aeutils.slidemap.store import WorkStore
 from aeutils.slidemap.tiles import ACTIVATION_BUDGET, TileEncoder, TileJob, auto_batch_size, encode_image, read_jobs
 
+#: the user-facing names; the plumbing imported above (CLI wiring, codecs, internals) stays importable from
+#: here for the package's own modules and tests, but is not exported
 __all__ = [
-    "VIEWS",
-    "STRIDE",
-    "TIFF_TILE",
-    "STAT_BINS",
-    "EQ_BINS",
-    "FORMAT",
-    "ENCODING_SUFFIX",
-    "RECONSTRUCTION_SUFFIX",
-    "ACTIVATION_BUDGET",
-    "TileGrid",
-    "encoder_margin",
-    "decoder_margin",
-    "tile_margin",
-    "tissue_tiles",
-    "latent_mask",
-    "ArraySource",
-    "SlideSource",
-    "TileJob",
-    "read_jobs",
-    "auto_batch_size",
-    "TileEncoder",
-    "encode_image",
-    "MapStats",
-    "to_uint8",
-    "WorkStore",
-    "pyramid_factors",
-    "write_pyramid",
-    "read_settings",
-    "SlideMap",
-    "model_for",
     "encode_slide",
+    "SlideMap",
+    "encode_image",
     "map_figure",
     "write_map_figure",
-    "summary_line",
-    "add_cli_arguments",
-    "run_cli",
+    "read_settings",
+    "MapStats",
+    "VIEWS",
+    "STRIDE",
+    "ENCODING_SUFFIX",
+    "RECONSTRUCTION_SUFFIX",
 ]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from aeutils.errors import AeutilsError, CheckpointError, SlideError
+from aeutils.io import folder_lock, remove_temp_files
 from aeutils.slidemap.geometry import STRIDE, TileGrid, latent_mask, tile_margin, tissue_tiles
 from aeutils.slidemap.pyramid import FORMAT, TIFF_TILE, CellReader, read_settings, write_pyramid
 from aeutils.slidemap.sources import SlideSource, mask_side, readers_closed
@@ -65,11 +66,11 @@ def model_for(model: "Autoencoder | str | os.PathLike[str] | None", device: Any 
     checkpoint or one whose encoding is not a single channel."""
     import copy
 
-    from aeutils.checkpoint import as_model
+    from aeutils.checkpoint import load_model
     from aeutils.device import pick_device
 
     given = not (model is None or isinstance(model, (str, os.PathLike)))
-    ae = as_model(model, map_location="cpu")
+    ae = load_model(model, map_location="cpu")
     if ae.config.latent_channels != 1:
         where = model if isinstance(model, (str, os.PathLike)) else "the model"
         raise CheckpointError(
@@ -94,11 +95,48 @@ def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _check_options(view: str, low: float, high: float, core: int) -> None:
-    """One-line :class:`AeutilsError` for a bad view, percentiles or tile core (px)."""
+def check_encode_options(view: str, low: float, high: float, core: int, batch_size: int | None = None) -> None:
+    """One-line :class:`AeutilsError` for a bad view, percentiles, tile core (px) or batch size."""
     check_view(view, low, high)
     if core < STRIDE or core % TIFF_TILE:
         raise AeutilsError(f"tile core must be a positive multiple of {TIFF_TILE} px, got {core}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise AeutilsError(f"--batch-size must be a positive number of tiles per forward pass, got {batch_size!r}")
+
+
+def check_out_folder(out: Path) -> None:
+    """:class:`AeutilsError` when ``--out`` is an existing file (maps go into a folder)."""
+    if out.exists() and not out.is_dir():
+        raise AeutilsError(f"{out}: --out is an existing file, not a folder")
+
+
+#: What a finished map's settings say about its pixels, by the option that sets them (``final`` keys).
+_MAP_SETTINGS = {
+    "--view": ("view",), "--percentiles": ("low", "high"), "--checkpoint": ("model", "config"),
+    "scale (--level/--mpp/--assume-mpp)": ("level", "factor", "mpp", "mpp_source", "input_size"),
+    "slide file": ("slide", "slide_bytes"), "--resample-filter": ("resample_filter",),
+}
+
+
+def map_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What makes the finished map with settings ``old`` (:func:`read_settings`; None: a file that is
+    not a map of ``encode``) another map than ``new`` would be: ``["--view stretch (now raw)", ...]``;
+    ``[]`` when only the tiling, the work settings or ``--reconstruction`` differ (the same pixels)."""
+    if old is None:
+        return ["not a map written by encode"]
+    if old.get("factor", 1.0) != 1.0 and "resample_filter" not in old:
+        old = {**old, "resample_filter": "area"}  # resampled before the key existed: area was the only filter
+    diffs = []
+    for option, keys in _MAP_SETTINGS.items():
+        if any(old.get(k) != new.get(k) for k in keys):
+            if option == "--checkpoint":
+                diffs.append("another --checkpoint (model weights differ)")
+            else:
+                was = " ".join(f"{old.get(k)}" for k in keys)
+                now = " ".join(f"{new.get(k)}" for k in keys)
+                diffs.append(f"{option} {was} (now {now})")
+    return diffs
 
 
 def _run_settings(slide: Any, choice: Any, grid: TileGrid, model: "Autoencoder", reconstruction: bool) -> dict[str, Any]:
@@ -109,6 +147,7 @@ def _run_settings(slide: Any, choice: Any, grid: TileGrid, model: "Autoencoder",
         "level": choice.level, "factor": choice.factor, "mpp": choice.mpp, "mpp_source": choice.mpp_source,
         "input_size": [grid.width, grid.height], "core": grid.core, "margin": grid.margin,
         "model": _model_digest(model), "config": model.config.to_dict(), "reconstruction": reconstruction,
+        **({"resample_filter": choice.filter} if choice.resampled else {}),  # maps of unresampled levels unchanged
     }
 
 
@@ -188,6 +227,7 @@ def encode_slide(
     level: int | None = None,
     mpp: float | None = None,
     assume_mpp: float | None = None,
+    resample_filter: str | None = None,
     view: str = "stretch",
     low: float = 2.0,
     high: float = 98.0,
@@ -199,29 +239,57 @@ def encode_slide(
     device: str | None = None,
     progress: bool = True,
     keep_work: bool = False,
+    overwrite: bool = False,
     on_tile: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SlideMap:
     """Encode one slide's tissue into ``out/<slide>.encoding.tiff`` (and ``.reconstruction.tiff``).
 
-    ``level`` / ``mpp`` / ``assume_mpp``: the input scale, as ``extract`` (:func:`aeutils.scale.resolve_scale`).
+    ``level`` / ``mpp`` / ``assume_mpp`` / ``resample_filter``: the input scale, as ``extract``
+    (:func:`aeutils.scale.resolve_scale`; the same reader, so a map pixel sees the patch pixels extract writes).
     ``model``: an Autoencoder, a checkpoint path, or None (the shipped model). ``view``/``low``/``high``:
     the grey levels written (:meth:`MapStats.view`). ``core`` input px per tile (multiple of 256),
     ``run`` tiles per region read, ``batch_size`` tiles per forward pass (default
     :func:`~aeutils.slidemap.tiles.auto_batch_size`), ``precision`` as in
     :class:`~aeutils.slidemap.tiles.TileEncoder`, ``device`` for :func:`aeutils.device.pick_device`.
     ``on_tile(ty, tx)`` is called after each core is saved (tests interrupt there); ``log`` gets the
-    one-line notes (default: stderr). Raises :class:`SlideError` (missing, not a slide, no tissue,
-    bad scale), :class:`CheckpointError` (bad checkpoint, another architecture).
+    one-line notes (default: stderr). A finished map of this slide in ``out`` made with other settings
+    (:func:`map_differences`: view, checkpoint, scale) is refused unless ``overwrite``. ``out`` is
+    locked while the slide is encoded (:func:`aeutils.io.folder_lock`); temp files of killed writes
+    there are removed. Raises :class:`SlideError` (missing, not a slide, no tissue, bad scale, another
+    map there), :class:`CheckpointError` (bad checkpoint, another architecture),
+    :class:`~aeutils.errors.FolderBusyError` (another process writes to ``out``).
     """
+    say = log or _stderr
+    check_encode_options(view, low, high, core, batch_size)
+    out_dir = Path(out)
+    check_out_folder(out_dir)
+    with folder_lock(out_dir, "encode"):  # one writer: a second run is refused in one line
+        remove_temp_files(out_dir, [_work_name(Path(slide).stem)])  # of killed writes (nobody else writes here)
+        return _encode_slide(
+            slide, out_dir, model=model, level=level, mpp=mpp, assume_mpp=assume_mpp, resample_filter=resample_filter,
+            view=view, low=low, high=high, reconstruction=reconstruction, core=core, run=run, batch_size=batch_size,
+            precision=precision, device=device, progress=progress, keep_work=keep_work, overwrite=overwrite,
+            on_tile=on_tile, say=say,
+        )
+
+
+def _work_name(name: str) -> str:
+    """The work folder of slide ``name`` in the output folder."""
+    return f".{name}.encoding.work"
+
+
+def _encode_slide(slide: str | os.PathLike[str], out_dir: Path, *, model: Any, level: int | None, mpp: float | None,
+                  assume_mpp: float | None, resample_filter: str | None, view: str, low: float, high: float,
+                  reconstruction: bool, core: int, run: int, batch_size: int | None, precision: str | None,
+                  device: str | None, progress: bool, keep_work: bool, overwrite: bool,
+                  on_tile: Callable[[int, int], None] | None, say: Callable[[str], None]) -> SlideMap:
+    """:func:`encode_slide` once the output folder is locked."""
     from aeutils.scale import resolve_scale
     from aeutils.slides import open_slide
 
-    say = log or _stderr
-    _check_options(view, low, high, core)
-    out_dir = Path(out)
     with open_slide(slide) as s, readers_closed():
-        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp)
+        choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp, filter=resample_filter)
         if choice.mpp is None:
             say(choice.describe())
         ae = model_for(model, device)
@@ -233,9 +301,14 @@ def encode_slide(
         final = {**settings, "view": view, "low": low, "high": high}
         if read_settings(enc_path) == final and (rec_path is None or read_settings(rec_path) == final):
             return SlideMap(enc_path, rec_path, choice.mpp, grid.latent_shape, 0, 0, 0.0, 0.0, None, True)
+        for path in (enc_path, rec_path):
+            diffs = map_differences(read_settings(path), final) if path is not None and path.exists() else []
+            if diffs and not overwrite:
+                raise SlideError(f"{path}: a finished map made here with other settings ({'; '.join(diffs)}): "
+                                 f"use another --out, or --overwrite to replace it")
 
         tissue, tiles = _tissue(s, grid, choice.downsample)
-        store = WorkStore(out_dir / f".{s.name}.encoding.work")
+        store = WorkStore(out_dir / _work_name(s.name))
         todo = store.todo(tiles, store.start(settings), reconstruction)
         if len(todo) < len(tiles):
             say(f"{s.path}: resuming: {len(tiles) - len(todo)} of {len(tiles)} tiles already encoded")

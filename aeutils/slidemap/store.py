@@ -11,6 +11,22 @@ import numpy as np
 from aeutils.io import atomic_path
 
 
+def _whole_npy(path: Path) -> bool:
+    """Whether ``path`` is a whole ``.npy`` file: a readable header and exactly the bytes it announces."""
+    try:
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            if dtype.hasobject:
+                return False
+            need = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return path.stat().st_size == need
+    except (OSError, ValueError, TypeError, SyntaxError):
+        return False
+
+
 class WorkStore:
     """The finished cores of one run: ``z<ty>_<tx>.npy`` (latent, float32), ``r<ty>_<tx>.npy``
     (reconstruction, uint8 RGB), ``m<ty>_<tx>.npy`` (tissue mask of the latent core, bool), and
@@ -42,9 +58,17 @@ class WorkStore:
         return False
 
     def done(self, ty: int, tx: int, reconstruction: bool) -> bool:
-        """Whether core (ty, tx) is finished (its latent and mask, and reconstruction if asked)."""
+        """Whether core (ty, tx) is finished: its latent and mask (and reconstruction if asked) are whole
+        ``.npy`` files. A damaged one (its header or size wrong: a disk error, a hand edit) is removed,
+        so the core is encoded again."""
         need = ("z", "m") + (("r",) if reconstruction else ())
-        return all(self._p(k, ty, tx).is_file() for k in need)
+        ok = True
+        for k in need:
+            p = self._p(k, ty, tx)
+            if p.is_file() and not _whole_npy(p):
+                p.unlink(missing_ok=True)
+            ok = ok and p.is_file()
+        return ok
 
     def todo(self, tiles: Sequence[tuple[int, int]], resumed: bool, reconstruction: bool) -> list[tuple[int, int]]:
         """The cores of ``tiles`` still to encode (all of them unless ``resumed``)."""

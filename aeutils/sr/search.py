@@ -57,12 +57,12 @@ def point_label(arm: str, setting: str, multiple: float) -> str:
 
 
 def _tap_weights(taps: str) -> dict[str, float]:
-    from aeutils.model import STAGES
+    from aeutils.model import TAPS as TAP_NAMES
 
     names = [t for t in taps.split("+") if t]
-    bad = [t for t in names if t not in STAGES]
+    bad = [t for t in names if t not in TAP_NAMES]
     if bad or not names:
-        raise ValueError(f"taps {taps!r}: tap names are {list(STAGES)}, joined by '+'")
+        raise ValueError(f"taps {taps!r}: tap names are {list(TAP_NAMES)}, joined by '+'")
     return {t: 1.0 for t in names}
 
 
@@ -86,9 +86,9 @@ def build_content_losses(
     enc_settings = [(f"{t}/{n}", _tap_weights(t), n) for t in taps for n in normalizes]
     model = None
     if any(a in ENCODER_ARMS for a in arms):
-        from aeutils.checkpoint import as_model
+        from aeutils.checkpoint import load_model
 
-        model = as_model(checkpoint)
+        model = load_model(checkpoint)
     for arm in arms:
         if arm == "mse":
             continue
@@ -97,9 +97,9 @@ def build_content_losses(
             continue
         try:
             if arm == "encoding":
-                losses[arm] = {lab: EncodingLoss(model=model, layer_weights=lw, normalize=n) for lab, lw, n in enc_settings}
+                losses[arm] = {lab: EncodingLoss(model=model, tap_weights=lw, normalize=n) for lab, lw, n in enc_settings}
             elif arm == "random":
-                losses[arm] = {lab: random_encoding_loss(config=model.config, layer_weights=lw, normalize=n)
+                losses[arm] = {lab: random_encoding_loss(config=model.config, tap_weights=lw, normalize=n)
                                for lab, lw, n in enc_settings}
             elif arm == "imagenet":
                 losses[arm] = {"": baselines.efficientnet_lite0_loss()}

@@ -32,9 +32,12 @@ force an option (``$MSCOPY_CPU_SPEED`` forces a candidate). bf16 autocast keeps 
 shared or small CPU, one thread per process (``OMP_NUM_THREADS=1``) can be much faster than contending
 threads.
 
-Exactness: with ``workers=0`` on the CPU, ``--resume`` after an epoch reproduces an uninterrupted run bit for
-bit (shuffling is seeded per epoch, RNG states are restored). A ``--max-steps`` / ``--time-budget`` stop
-inside an epoch counts that epoch as finished.
+Exactness: on the CPU, a resumed run reproduces an uninterrupted one bit for bit (shuffling is seeded per
+epoch, RNG states are restored). A ``--max-steps`` / ``--time-budget`` stop inside an epoch does not finish it:
+``last.pt`` keeps the position (steps into the epoch, their loss sum, the RNG states; no validation, no log row)
+and the rerun trains exactly the batches that were left, so the same command ends where an uninterrupted run
+ends (with DataLoader workers the batches already trained on are loaded again and dropped, to replay each
+worker's augmentations). Under ``torchrun`` rank 0's clock decides a time-budget stop for every rank.
 
 Layout, one idea a module (the names above are importable from here)::
 
@@ -44,7 +47,8 @@ Layout, one idea a module (the names above are importable from here)::
     trainer      Trainer: model + AdamW + scaler + LR schedule, state_dict for resume
     datasets     the run's datasets, every image checked up front, per-epoch loaders
     distributed  torchrun: this rank's device, the process group, what ranks share
-    runs         the run folder: config.json, start / continue / refuse, find_runs
+    runs         the run folder: config.json, last.pt / best.pt, start / continue / refuse, find_runs,
+                 pick_checkpoint (notebook 03's run only if not worse than the shipped model)
     logs         log.csv, TensorBoard, the printed lines
     loop         train(): the run, step by step
     cli          python -m aeutils train
@@ -55,7 +59,9 @@ from aeutils.training.config import RUNTIME_FIELDS, TrainConfig, parse_config, p
 from aeutils.training.step import ReconstructionLoss, amp_dtype_for, choose_speed, make_train_step
 from aeutils.training.rng import rng_state, seed_everything, set_rng_state
 from aeutils.training.trainer import Trainer
-from aeutils.training.runs import CONFIG_NAME, find_runs, read_run_config, write_run_config
+from aeutils.training.runs import (
+    BEST_NAME, CONFIG_NAME, LAST_NAME, find_runs, pick_checkpoint, read_run_config, validation_psnr, write_run_config,
+)
 from aeutils.training.logs import LOG_NAME
 from aeutils.training.loop import TrainEvent, TrainResult, train
 from aeutils.training.cli import add_cli_arguments, config_from_args, run_cli
@@ -76,12 +82,14 @@ __all__ = [
     "read_run_config",
     "write_run_config",
     "find_runs",
+    "pick_checkpoint",
+    "validation_psnr",
     "rng_state",
     "set_rng_state",
     "seed_everything",
-    "add_cli_arguments",
-    "run_cli",
     "RUNTIME_FIELDS",
     "CONFIG_NAME",
+    "LAST_NAME",
+    "BEST_NAME",
     "LOG_NAME",
 ]

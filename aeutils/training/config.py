@@ -19,13 +19,30 @@ import torch
 from aeutils.errors import TrainingError
 from aeutils.model import AutoencoderConfig, nearest_valid_sizes, unknown_fields
 
-__all__ = ["TrainConfig", "RUNTIME_FIELDS", "config_differences", "architecture_from_dict", "parse_config",
+__all__ = ["TrainConfig", "SettingError", "RUNTIME_FIELDS", "config_differences", "architecture_from_dict", "parse_config",
            "parse_duration"]
 
 #: TrainConfig fields that say how long / where / how loudly a run goes, not what it trains: a run
 #: folder may be continued with other values of these (``resume="auto"`` compares only the rest)
 RUNTIME_FIELDS = ("resume", "device", "workers", "max_steps", "time_budget", "progress", "verbose", "log_every",
                   "print_every")
+
+#: TrainConfig fields that may be None
+_OPTIONAL = ("architecture", "vgg_weights", "device", "workers", "max_steps", "time_budget", "val_limit",
+             "warmup_steps", "channels_last", "amp", "print_every")
+#: TrainConfig fields without a CLI option of their own name (named as the key in messages)
+_NOT_FLAGS = ("resume", "architecture", "verbose", "progress", "channels_last", "amp")
+
+
+class SettingError(TrainingError):
+    """A TrainConfig value that is not allowed: ``key`` (the field), ``value`` and the ``problem``;
+    shown as the CLI option (``--epochs 'three': expected an integer``), or by
+    :func:`~aeutils.training.runs.read_run_config` as the key of ``config.json``."""
+
+    def __init__(self, key: str, value: Any, problem: str, shown: str | None = None) -> None:
+        self.key, self.value, self.problem = key, value, problem
+        flag = key if key in _NOT_FLAGS else "--" + key.replace("_", "-")
+        super().__init__(f"{flag} {repr(value) if shown is None else shown}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,8 @@ class TrainConfig:
         device: default :func:`aeutils.device.pick_device`. workers: DataLoader processes.
         seed: initial weights, shuffling and augmentation.
         max_steps, time_budget: optional stops (total optimiser steps; seconds of this call, or a
-            string "90s", "45m", "1.5h").
+            string "90s", "45m", "1.5h"). A stop inside an epoch does not finish it: ``last.pt``
+            keeps the position and a resumed call trains exactly the rest of that epoch.
         val_limit: validate on at most this many patches (evenly spaced; None or 0: all, stored as
             None, as ``--val-limit 0``; there is no "no validation").
         channels_last, amp: speed options; True/False force one; None (default): on CUDA both on (amp:
@@ -93,7 +111,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalise once, here
         if isinstance(self.time_budget, str):
-            set_("time_budget", parse_duration(self.time_budget))
+            try:
+                set_("time_budget", parse_duration(self.time_budget))
+            except TrainingError:
+                raise SettingError("time_budget", self.time_budget, "expected seconds or a number with s, m or h") from None
         if isinstance(self.architecture, dict):
             set_("architecture", architecture_from_dict(self.architecture))
         if isinstance(self.vgg_weights, os.PathLike):
@@ -108,49 +129,51 @@ class TrainConfig:
 
     def _check_integers(self) -> None:
         """Counts and sizes: integers, in range; the crop a valid 4k+1 side."""
-        for flag, value, kind in (
-            ("--epochs", self.epochs, int), ("--batch-size", self.batch_size, int), ("--crop", self.crop, int),
-            ("--seed", self.seed, int), ("--log-every", self.log_every, int),
-        ):
-            if isinstance(value, bool) or not isinstance(value, kind):
-                raise TrainingError(f"{flag} {value!r}: expected an integer")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TrainingError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        for key, low in (("epochs", 1), ("batch_size", 1), ("crop", None), ("seed", None), ("log_every", 1),
+                         ("val_limit", 0), ("workers", 0), ("max_steps", 1), ("warmup_steps", 0), ("print_every", 1)):
+            value = getattr(self, key)
+            if value is None and key in _OPTIONAL:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SettingError(key, value, "expected an integer")
+            if low is not None and value < low:
+                raise SettingError(key, value, f"must be >= {low}" + (" (0: all patches)" if key == "val_limit" else ""), str(value))
         crop = self.crop
         if crop < 5 or crop % 4 != 1:
             lo, hi = nearest_valid_sizes(crop)
             near = f"{lo}, {hi}" if lo != hi else f"{lo}"
-            raise TrainingError(f"--crop {crop}: training crops must be 4k+1 px, at least 5 (nearest: {near})")
-        for flag, value, low in (
-            ("--val-limit", self.val_limit, 0), ("--workers", self.workers, 0), ("--max-steps", self.max_steps, 1),
-            ("--warmup-steps", self.warmup_steps, 0), ("--print-every", self.print_every, 1),
-            ("--log-every", self.log_every, 1),
-        ):
-            if value is not None and value < low:
-                raise TrainingError(f"{flag} {value}: must be >= {low}" + (" (0: all patches)" if flag == "--val-limit" else ""))
+            raise SettingError("crop", crop, f"training crops must be 4k+1 px, at least 5 (nearest: {near})", str(crop))
 
     def _check_numbers(self) -> None:
         """Rates and weights: finite numbers, >= 0 (the learning rate > 0); a time budget > 0 s."""
-        for flag, fvalue, strict in (
-            ("--lr", self.lr, True), ("--weight-decay", self.weight_decay, False),
-            ("--stain-jitter", self.stain_jitter, False), ("--mse", self.mse, False), ("--l1", self.l1, False),
-            ("--ssim", self.ssim, False), ("--vgg", self.vgg, False),
-        ):
-            if isinstance(fvalue, bool) or not isinstance(fvalue, (int, float)):
-                raise TrainingError(f"{flag} {fvalue!r}: expected a number")
-            if not math.isfinite(fvalue) or fvalue < 0 or (strict and fvalue == 0):
-                raise TrainingError(f"{flag} {fvalue:g}: must be {'> 0' if strict else '>= 0'}")
-        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
-            raise TrainingError(f"--time-budget {self.time_budget!r}: must be > 0 seconds")
+        for key, strict in (("lr", True), ("weight_decay", False), ("stain_jitter", False), ("mse", False),
+                            ("l1", False), ("ssim", False), ("vgg", False), ("time_budget", True)):
+            value = getattr(self, key)
+            if value is None and key in _OPTIONAL:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SettingError(key, value, "expected a number" + (" of seconds" if key == "time_budget" else ""))
+            if not math.isfinite(value) or value < 0 or (strict and value == 0):
+                unit = " seconds" if key == "time_budget" else ""
+                raise SettingError(key, value, f"must be {'> 0' if strict else '>= 0'}{unit}", f"{value:g}")
 
     def _check_choices(self) -> None:
-        """The schedule, resume mode and architecture are one of what the run knows."""
+        """The schedule, resume mode, switches, names and architecture are one of what the run knows."""
         if self.schedule not in ("cosine", "constant"):
-            raise TrainingError(f"--schedule {self.schedule!r}: must be 'cosine' or 'constant'")
-        if self.resume not in (True, False, "auto"):
-            raise TrainingError(f"resume {self.resume!r}: must be True, False or 'auto'")
+            raise SettingError("schedule", self.schedule, "must be 'cosine' or 'constant'")
+        if self.resume not in (True, False, "auto") or not isinstance(self.resume, (bool, str)):
+            raise SettingError("resume", self.resume, "must be True, False or 'auto'")
+        for key in ("channels_last", "amp", "progress", "verbose"):
+            value = getattr(self, key)
+            if not (isinstance(value, bool) or (value is None and key in _OPTIONAL)):
+                raise SettingError(key, value, "expected true or false" + (" (or null: auto)" if key in _OPTIONAL else ""))
+        for key in ("device", "vgg_weights"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise SettingError(key, value, "expected a string (or null)")
         if self.architecture is not None and not isinstance(self.architecture, AutoencoderConfig):
-            raise TrainingError(f"architecture: expected an AutoencoderConfig, got {type(self.architecture).__name__}")
+            raise SettingError("architecture", self.architecture,
+                               f"expected an AutoencoderConfig, got {type(self.architecture).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data (the architecture as its dict, None for the default)."""

@@ -3,10 +3,11 @@
 training), and the per-epoch loaders (seeded shuffling; a DistributedSampler under ``torchrun``)."""
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from aeutils.data import PatchDataset, read_image
 from aeutils.errors import TrainingError
 from aeutils.training.config import TrainConfig
 
-__all__ = ["RunData", "run_data", "check_manifest", "check_images", "loader_workers", "val_batches"]
+__all__ = ["RunData", "run_data", "val_dataset", "check_manifest", "check_images", "loader_workers", "val_batches"]
 
 
 @dataclass
@@ -29,41 +30,73 @@ class RunData:
     steps_per_epoch: int
     workers: int
 
-    def loader(self, cfg: TrainConfig, epoch: int, rank: int, world: int, device: torch.device) -> Any:
-        """The training batches of ``epoch`` (0-based): shuffled by a generator seeded from the seed and
-        the epoch (so a resumed run draws the same order), across ranks by a DistributedSampler."""
-        from torch.utils.data import DataLoader, DistributedSampler
+    def loader(self, cfg: TrainConfig, epoch: int, rank: int, world: int, device: torch.device, start: int = 0) -> Any:
+        """The training batches of ``epoch`` (0-based) from its ``start``-th batch on: shuffled by a
+        generator seeded from the seed and the epoch (so a resumed run draws the same order), across
+        ranks by a DistributedSampler. ``len()`` is the number of batches left.
 
-        sampler = None
+        ``start`` > 0 continues an epoch a stop cut short, yielding exactly the batches an uninterrupted
+        run gets next: without workers the skipped batches are only index lists (no image read, no
+        random number drawn: the run restores the main process's RNG state); with workers they are
+        loaded and dropped, so each worker's RNG (seeded per epoch) advances as it would have."""
+        from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         if world > 1:
-            sampler = DistributedSampler(self.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                         drop_last=True)
+            sampler: Any = DistributedSampler(self.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                              drop_last=True)
             sampler.set_epoch(epoch)
-        return DataLoader(
-            self.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-            num_workers=self.workers, pin_memory=device.type == "cuda", timeout=300 if self.workers else 0,
-            generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
-            persistent_workers=False,
+        else:  # what DataLoader(shuffle=True, generator=...) builds, so the order is the one runs always had
+            sampler = RandomSampler(self.train, generator=generator)
+        batches: Any = BatchSampler(sampler, cfg.batch_size, drop_last=True)
+        if start and not self.workers:
+            batches = _From(batches, start)
+        loader = DataLoader(
+            self.train, batch_sampler=batches, num_workers=self.workers, pin_memory=device.type == "cuda",
+            timeout=300 if self.workers else 0, generator=generator, persistent_workers=False,
         )
+        return _From(loader, start) if start and self.workers else loader
+
+
+class _From:
+    """The items of ``inner`` (a batch sampler or a DataLoader) from the ``start``-th on."""
+
+    def __init__(self, inner: Any, start: int) -> None:
+        self.inner, self.start = inner, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.start)
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.inner), self.start, None)
 
 
 def run_data(patches_dir: Path, cfg: TrainConfig, device: torch.device, world: int) -> RunData:
     """The :class:`RunData` of ``patches_dir``; TrainingError for fewer patches than one batch on every
     rank, PatchError (naming the file) for a missing or corrupt image."""
-    from torch.utils.data import Subset
-
     train_ds = PatchDataset(patches_dir, "train", crop=cfg.crop, stain_jitter=cfg.stain_jitter)
     if len(train_ds) < cfg.batch_size * world:
         raise TrainingError(
             f"{patches_dir}: {len(train_ds)} training patches, fewer than one batch ({cfg.batch_size} x {world} processes)"
         )
-    val_full = PatchDataset(patches_dir, "val", crop=_val_crop(train_ds, cfg.crop), augment=False)
-    val_ds: Any = val_full
-    if cfg.val_limit is not None and len(val_full) > cfg.val_limit:
-        val_ds = Subset(val_full, np.linspace(0, len(val_full) - 1, cfg.val_limit).round().astype(int).tolist())
+    val_ds = val_dataset(patches_dir, cfg, train_ds)
     workers = loader_workers(device, world) if cfg.workers is None else cfg.workers
     check_images(train_ds, val_ds)  # a corrupt patch is found now, not after an epoch of training
     return RunData(train_ds, val_ds, len(train_ds) // (cfg.batch_size * world), workers)
+
+
+def val_dataset(patches_dir: Path, cfg: TrainConfig, train_ds: PatchDataset | None = None) -> Any:
+    """The run's validation patches: the ``"val"`` role of ``patches_dir``, whole patches (the largest 4k+1
+    side of the first training patch, so metrics are comparable across crops), at most ``cfg.val_limit``
+    of them evenly spaced. Items are 3xSxS float tensors in [0, 1]."""
+    from torch.utils.data import Subset
+
+    if train_ds is None:
+        train_ds = PatchDataset(patches_dir, "train", crop=cfg.crop)
+    val_full = PatchDataset(patches_dir, "val", crop=_val_crop(train_ds, cfg.crop), augment=False)
+    if cfg.val_limit is not None and len(val_full) > cfg.val_limit:
+        return Subset(val_full, np.linspace(0, len(val_full) - 1, cfg.val_limit).round().astype(int).tolist())
+    return val_full
 
 
 def check_manifest(patches_dir: Path) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from aeutils.device import pick_device
 
-__all__ = ["rank_device", "setup_process_group", "share_buffers", "from_rank0"]
+__all__ = ["rank_device", "setup_process_group", "share_buffers", "from_rank0", "rank0_says"]
 
 
 def rank_device(device: str | torch.device | None) -> torch.device:
@@ -51,3 +51,14 @@ def from_rank0(compute: Callable[[], Any], rank: int) -> Any:
     box: list[Any] = [compute() if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def rank0_says(flag: bool, device: torch.device, world: int) -> bool:
+    """Rank 0's ``flag`` on every rank (one broadcast of one number; ``flag`` itself with one
+    process), so that a decision each rank could make differently (a time budget measured by each
+    clock) is the same everywhere and no rank waits in a collective the others have left."""
+    if world <= 1 or not dist.is_initialized():
+        return flag
+    box = torch.tensor([int(flag)], device=device)
+    dist.broadcast(box, 0)
+    return bool(box.item())

@@ -6,15 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import math
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from aeutils.io import atomic_write_text
 from aeutils.training.trainer import Trainer
 
-__all__ = ["LOG_NAME", "read_log", "write_log", "open_writer", "log_step", "log_epoch", "epoch_line", "epoch_printed",
+__all__ = ["LOG_NAME", "read_log", "write_log", "open_writer", "close_writer", "log_step", "log_epoch", "epoch_line", "epoch_printed",
            "epoch_bar"]
 
 LOG_NAME = "log.csv"
@@ -56,25 +58,75 @@ def write_log(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def open_writer(out: Path, global_step: int) -> Any:
-    """A TensorBoard SummaryWriter on ``out/tensorboard`` (a resumed run's later events purged)."""
+    """A TensorBoard SummaryWriter on ``out/tensorboard`` (a resumed run's later events purged).
+
+    TensorBoard writes in a thread of its own; a write that fails there (a full disk) is kept by the
+    thread and raised by the writer's next call here, so the thread prints nothing
+    (:func:`_quiet_writer_thread`) and the error surfaces once, as an ``OSError`` naming the folder."""
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tensorboard"), purge_step=global_step or None)
+    _quiet_writer_thread()
+    folder = out / "tensorboard"
+    with _naming(folder):
+        writer = SummaryWriter(str(folder), purge_step=global_step or None)
+    writer.aeutils_folder = folder
+    return writer
+
+
+def close_writer(writer: Any, *, quiet: bool = False) -> None:
+    """Flush and close ``writer``; ``quiet``: ignore an error doing so (another one is already being
+    raised, and is the one to report)."""
+    try:
+        with _naming(getattr(writer, "aeutils_folder", None)):
+            writer.close()
+    except Exception:
+        if not quiet:
+            raise
+
+
+@contextmanager
+def _naming(folder: Path | None) -> Iterator[None]:
+    """An ``OSError`` without a file name (TensorBoard's writes give none) gets ``folder`` as its file name."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and folder is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(folder)) from None
+        raise
+
+
+def _quiet_writer_thread() -> None:
+    """Let an ``OSError`` in TensorBoard's writer thread (``_AsyncWriterThread``) print no traceback: the
+    thread keeps the exception and the writer's next call in the main thread raises it (at the latest
+    when it is closed: close flushes first). Other exceptions, and other threads, keep the default hook."""
+    previous = threading.excepthook
+    if getattr(previous, "aeutils_quiet", False):
+        return
+
+    def hook(args: Any) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+
+    hook.aeutils_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def log_step(writer: Any, trainer: Trainer, loss: float) -> None:
     """The step loss and learning rate at ``trainer.global_step``."""
-    writer.add_scalar("train/loss_step", loss, trainer.global_step)
-    writer.add_scalar("train/lr", trainer.lr, trainer.global_step)
+    with _naming(getattr(writer, "aeutils_folder", None)):
+        writer.add_scalar("train/loss_step", loss, trainer.global_step)
+        writer.add_scalar("train/lr", trainer.lr, trainer.global_step)
 
 
 def log_epoch(writer: Any, trainer: Trainer, val_ds: Any, row: dict[str, Any]) -> None:
     """An epoch's :data:`EPOCH_SCALARS` and the input / reconstruction grid, flushed."""
     epoch = row["epoch"]
-    for k in EPOCH_SCALARS:
-        writer.add_scalar(f"epoch/{k}", row[k], epoch)
-    _log_images(writer, trainer, val_ds, epoch)
-    writer.flush()
+    with _naming(getattr(writer, "aeutils_folder", None)):
+        for k in EPOCH_SCALARS:
+            writer.add_scalar(f"epoch/{k}", row[k], epoch)
+        _log_images(writer, trainer, val_ds, epoch)
+        writer.flush()
 
 
 def _log_images(writer: Any, trainer: Trainer, val_ds: Any, epoch: int, n: int = 8) -> None:
@@ -104,8 +156,8 @@ def epoch_printed(epoch: int, epochs: int, *, start_epoch: int = 0, print_every:
     return epoch % every == 0 or epoch == start_epoch + 1 or epoch == epochs or stopped
 
 
-def epoch_bar(total: int, epoch: int, epochs: int) -> Any:
-    """A tqdm bar over an epoch's ``total`` steps (not left behind when done)."""
+def epoch_bar(total: int, epoch: int, epochs: int, done: int = 0) -> Any:
+    """A tqdm bar over an epoch's ``total`` steps, ``done`` of them already (not left behind when done)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)

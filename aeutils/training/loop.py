@@ -22,12 +22,15 @@ from aeutils.model import Autoencoder, AutoencoderConfig
 from aeutils.speed import Choice, candidate_name
 from aeutils.training.config import TrainConfig, config_differences
 from aeutils.training.datasets import RunData, check_manifest, run_data, val_batches
-from aeutils.training.distributed import from_rank0, rank_device, setup_process_group, share_buffers
+from aeutils.training.distributed import from_rank0, rank0_says, rank_device, setup_process_group, share_buffers
 from aeutils.training.logs import (
-    LOG_NAME, epoch_bar, epoch_line, epoch_printed, log_epoch, log_step, open_writer, read_log, write_log,
+    LOG_NAME, close_writer, epoch_bar, epoch_line, epoch_printed, log_epoch, log_step, open_writer, read_log,
+    write_log,
 )
 from aeutils.training.rng import seed_everything
-from aeutils.training.runs import CONFIG_NAME, read_run_config, resume_decision, write_run_config
+from aeutils.training.runs import (
+    BEST_NAME, CONFIG_NAME, LAST_NAME, read_run_config, resume_decision, run_folder_lock, write_run_config,
+)
 from aeutils.training.step import ReconstructionLoss, choose_speed
 from aeutils.training.trainer import Trainer
 
@@ -36,9 +39,11 @@ __all__ = ["TrainResult", "TrainEvent", "train"]
 
 @dataclass
 class TrainResult:
-    """What :func:`train` did: the run folder, checkpoints, per-epoch history (the CSV rows),
-    why it stopped ("epochs", "max_steps", "time_budget", "nothing_to_do"), the best validation
-    PSNR and the wall time of this call (seconds)."""
+    """What :func:`train` did: the run folder, checkpoints, finished epochs and per-epoch history (the
+    CSV rows), why it stopped ("epochs", "max_steps", "time_budget", "nothing_to_do"), the best
+    validation PSNR and the wall time of this call (seconds). A stop inside an epoch does not finish
+    it: ``epoch_steps`` of its ``steps_per_epoch`` steps are done (0: stopped between epochs) and
+    ``last.pt`` holds the position, so rerunning continues that epoch where it stopped."""
 
     out_dir: Path
     last: Path
@@ -49,6 +54,8 @@ class TrainResult:
     best_psnr: float
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_steps: int = 0
+    steps_per_epoch: int = 0
 
     @property
     def final(self) -> dict[str, Any]:
@@ -104,7 +111,8 @@ def train(
     device = rank_device(cfg.device)
     rank, world, own_group = setup_process_group(device)
     try:
-        return _train(cfg, patches_dir, out, device, started, rank, world, tuple(callbacks))
+        with run_folder_lock(out, rank):  # one writer per run folder
+            return _train(cfg, patches_dir, out, device, started, rank, world, tuple(callbacks))
     finally:
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -149,14 +157,16 @@ class _Run:
     best_loss: float = math.inf
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = "epochs"
+    epochs_done: int = 0
+    in_epoch: dict[str, Any] = field(default_factory=dict)  # a stop inside an epoch: its steps, loss sum, seconds
 
     @property
     def last(self) -> Path:
-        return self.out / "last.pt"
+        return self.out / LAST_NAME
 
     @property
     def best(self) -> Path:
-        return self.out / "best.pt"
+        return self.out / BEST_NAME
 
 
 def _train(
@@ -171,8 +181,8 @@ def _train(
             return finished
     check_manifest(patches_dir)
     data = run_data(patches_dir, cfg, device, world)  # every image checked: no epoch lost to a bad file
-    ckpt = load_checkpoint(out / "last.pt") if resume else None
-    trainer = _build_trainer(cfg, ckpt, out / "last.pt", data, device, rank, world)
+    ckpt = load_checkpoint(out / LAST_NAME) if resume else None
+    trainer = _build_trainer(cfg, ckpt, out / LAST_NAME, data, device, rank, world)
     run = _Run(cfg, patches_dir, out, rank, world, data, trainer, callbacks)
     _restore(run, ckpt)
     _open_outputs(run)
@@ -184,6 +194,7 @@ def _train(
     return TrainResult(
         out_dir=out, last=run.last, best=run.best, epochs_done=epochs_done, global_step=trainer.global_step,
         stopped=run.stopped, best_psnr=run.best_psnr, seconds=time.perf_counter() - started, history=run.history,
+        epoch_steps=int(run.in_epoch.get("steps", 0)), steps_per_epoch=data.steps_per_epoch,
     )
 
 
@@ -198,7 +209,7 @@ def _finished_run(
     a :class:`Trainer` restored from ``last.pt``."""
     if not (out / CONFIG_NAME).is_file() or config_differences(read_run_config(out)[1], cfg):
         return None
-    ckpt = load_checkpoint(out / "last.pt")
+    ckpt = load_checkpoint(out / LAST_NAME)
     ts = ckpt.train_state
     if not ts or int(ts.get("epoch", 0)) < cfg.epochs:
         return None
@@ -210,10 +221,10 @@ def _finished_run(
         for cb in callbacks:
             cb(TrainEvent("end", epochs_done, rank, trainer, out))
     return TrainResult(
-        out_dir=out, last=out / "last.pt", best=out / "best.pt", epochs_done=epochs_done,
+        out_dir=out, last=out / LAST_NAME, best=out / BEST_NAME, epochs_done=epochs_done,
         global_step=int(ts.get("global_step", 0)), stopped="nothing_to_do",
         best_psnr=float(ts.get("best_psnr", -math.inf)), seconds=time.perf_counter() - started,
-        history=read_log(out / LOG_NAME, epochs_done),
+        history=read_log(out / LOG_NAME, epochs_done), steps_per_epoch=_steps_per_epoch(cfg, ckpt),
     )
 
 
@@ -221,8 +232,7 @@ def _restored_trainer(cfg: TrainConfig, ckpt: Checkpoint, device: torch.device) 
     """A :class:`Trainer` in the state of a finished run's ``ckpt`` (weights, optimiser, schedule, step;
     its stored speed choice), with no probe and no data."""
     ta = ckpt.meta.get("train_args", {})
-    n_train, world = int(ta.get("n_train", 0)), int(ta.get("world_size", 1))
-    steps_per_epoch = max(1, n_train // max(1, cfg.batch_size * world))  # as run_data counts them
+    steps_per_epoch = _steps_per_epoch(cfg, ckpt)
     model = Autoencoder(ckpt.config)
     model.load_state_dict(ckpt.model.state_dict())
     loss = ReconstructionLoss(mse=cfg.mse, l1=cfg.l1, ssim=cfg.ssim, vgg=cfg.vgg, vgg_weights=cfg.vgg_weights)
@@ -233,6 +243,13 @@ def _restored_trainer(cfg: TrainConfig, ckpt: Checkpoint, device: torch.device) 
     )
     trainer.load_state_dict(ckpt.train_state)
     return trainer
+
+
+def _steps_per_epoch(cfg: TrainConfig, ckpt: Checkpoint) -> int:
+    """The optimiser steps per epoch of the run that wrote ``ckpt``, counted as :func:`run_data` does."""
+    ta = ckpt.meta.get("train_args", {})
+    n_train, world = int(ta.get("n_train", 0)), int(ta.get("world_size", 1))
+    return max(1, n_train // max(1, cfg.batch_size * world))
 
 
 def _build_trainer(
@@ -302,7 +319,8 @@ def _stored_speed(ckpt: Checkpoint | None) -> Choice | None:
 
 def _restore(run: _Run, ckpt: Checkpoint | None) -> None:
     """Seed this rank's augmentations; for a resumed run restore the training state (optimiser,
-    scaler, schedule, step, RNGs), the epoch, the best scores and the log rows so far."""
+    scaler, schedule, step, RNGs), the epoch (and the position inside it, after a stop there), the
+    best scores and the log rows so far."""
     cfg, rank = run.cfg, run.rank
     seed_everything(cfg.seed + 1000 * rank)  # different augmentations per rank
     if ckpt is None:
@@ -313,7 +331,8 @@ def _restore(run: _Run, ckpt: Checkpoint | None) -> None:
     run.trainer.load_state_dict(ts)
     if rank:
         seed_everything(cfg.seed + 1000 * rank + int(ts["epoch"]))
-    run.start_epoch = int(ts["epoch"])
+    run.start_epoch = run.epochs_done = int(ts["epoch"])
+    run.in_epoch = dict(ts.get("in_epoch") or {})
     run.best_psnr, run.best_loss = float(ts.get("best_psnr", -math.inf)), float(ts.get("best_loss", math.inf))
     run.history = read_log(run.out / LOG_NAME, run.start_epoch)
 
@@ -340,43 +359,59 @@ def _open_outputs(run: _Run) -> None:
             f"aeutils train: {len(data.train)} training / {len(data.val)} validation patches, "
             f"{data.steps_per_epoch} steps/epoch x {cfg.epochs} epochs, batch {cfg.batch_size}x{run.world}, "
             f"crop {cfg.crop}, device {trainer.device}, workers {data.workers}, "
-            f"speed {trainer.speed.name} ({trainer.speed.source})",
+            f"speed {trainer.speed.name} ({trainer.speed.source})"
+            + (f"; continuing epoch {run.start_epoch + 1} after its step {run.in_epoch['steps']}" if run.in_epoch else ""),
             flush=True,
         )
 
 
 def _run_epochs(run: _Run) -> int:
     """The epochs from ``run.start_epoch`` on (until ``cfg.epochs`` or a stop sets ``run.stopped``):
-    train, share rank 0's BN statistics, rank 0 validates / logs / checkpoints. The finished epoch count."""
+    train, share rank 0's BN statistics, rank 0 validates / logs / checkpoints. A stop inside an epoch
+    checkpoints the position instead (rank 0): no validation, no log row, the epoch not counted. The
+    finished epoch count."""
     cfg, world = run.cfg, run.world
-    epoch, budget_start = run.start_epoch, time.perf_counter()
+    budget_start = time.perf_counter()
     if run.start_epoch >= cfg.epochs:
         run.stopped = "nothing_to_do"
+    elif cfg.max_steps is not None and run.trainer.global_step >= cfg.max_steps:
+        run.stopped = "max_steps"  # reached by an earlier call: not one step more
     try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            loss_sum, n, seconds = _train_epoch(run, epoch, budget_start)
-            if world > 1:  # DDP keeps BN running stats per rank; make rank 0's the shared ones
+        for epoch in range(run.start_epoch, cfg.epochs if run.stopped == "epochs" else run.start_epoch):
+            loss_sum, n, seconds, whole = _train_epoch(run, epoch, budget_start, run.in_epoch)
+            run.in_epoch = {} if whole else {"steps": n, "loss_sum": loss_sum, "seconds": seconds}
+            if world > 1:  # DDP keeps BN running stats per rank; make rank 0's (the saved ones) the shared ones
                 share_buffers(run.trainer.module)
             if run.rank == 0:
-                _end_epoch(run, epoch, loss_sum, n, seconds)
+                if whole:
+                    _end_epoch(run, epoch, loss_sum, n, seconds)
+                else:
+                    _save_checkpoints(run, epoch, run.history[-1] if run.history else None, in_epoch=run.in_epoch)
+            run.epochs_done = epoch + 1 if whole else epoch
             if world > 1:
                 dist.barrier()
             if run.stopped != "epochs":
                 break
-    finally:
+    except BaseException:
         if run.writer is not None:
-            run.writer.close()
-    return epoch + 1 if run.stopped != "nothing_to_do" else run.start_epoch
+            close_writer(run.writer, quiet=True)  # the first error (e.g. a full disk) is the one reported
+        raise
+    if run.writer is not None:
+        close_writer(run.writer)
+    return run.epochs_done
 
 
-def _train_epoch(run: _Run, epoch: int, budget_start: float) -> tuple[float, int, float]:
-    """One epoch of optimiser steps (or fewer: ``max_steps`` / ``time_budget`` set ``run.stopped``);
-    ``(sum of step losses, steps, seconds)``. A NaN/inf loss stops the run naming the step and the
-    checkpoint kept."""
+def _train_epoch(run: _Run, epoch: int, budget_start: float, at: dict[str, Any]) -> tuple[float, int, float, bool]:
+    """One epoch of optimiser steps, from the position ``at`` (``{}``, or the steps, loss sum and
+    seconds a stop inside this epoch left), or fewer: ``max_steps`` / ``time_budget`` set
+    ``run.stopped``; ``(sum of step losses, steps, seconds, whether the epoch is whole)``, all
+    counted from the epoch's start. A NaN/inf loss stops the run naming the step and the checkpoint kept."""
     cfg, trainer = run.cfg, run.trainer
-    loader = run.data.loader(cfg, epoch, run.rank, run.world, trainer.device)
-    bar = epoch_bar(len(loader), epoch, cfg.epochs) if cfg.progress and run.rank == 0 else None
-    t0, loss_sum, n = time.perf_counter(), 0.0, 0
+    start = int(at.get("steps", 0))
+    loader = run.data.loader(cfg, epoch, run.rank, run.world, trainer.device, start=start)
+    total = start + len(loader)
+    bar = epoch_bar(total, epoch, cfg.epochs, done=start) if cfg.progress and run.rank == 0 else None
+    t0, loss_sum, n = time.perf_counter() - float(at.get("seconds", 0.0)), float(at.get("loss_sum", 0.0)), start
     for batch in loader:
         try:
             value = float(trainer.step(batch))
@@ -395,12 +430,13 @@ def _train_epoch(run: _Run, epoch: int, budget_start: float) -> tuple[float, int
         if cfg.max_steps is not None and trainer.global_step >= cfg.max_steps:
             run.stopped = "max_steps"
             break
-        if cfg.time_budget is not None and time.perf_counter() - budget_start >= cfg.time_budget:
+        if cfg.time_budget is not None and rank0_says(time.perf_counter() - budget_start >= cfg.time_budget,
+                                                      trainer.device, run.world):
             run.stopped = "time_budget"
             break
     if bar is not None:
         bar.close()
-    return loss_sum, n, time.perf_counter() - t0
+    return loss_sum, n, time.perf_counter() - t0, n >= total
 
 
 def _end_epoch(run: _Run, epoch: int, loss_sum: float, n: int, train_seconds: float) -> None:
@@ -418,7 +454,7 @@ def _end_epoch(run: _Run, epoch: int, loss_sum: float, n: int, train_seconds: fl
     run.history.append(row)
     log_epoch(run.writer, trainer, run.data.val, row)
     write_log(run.out / LOG_NAME, run.history)
-    _save_checkpoints(run, row, improved)
+    _save_checkpoints(run, epoch + 1, row, improved)
     for cb in run.callbacks:
         cb(TrainEvent("epoch", epoch + 1, run.rank, trainer, run.out, row))
     if cfg.verbose and epoch_printed(epoch + 1, cfg.epochs, start_epoch=run.start_epoch, print_every=cfg.print_every,
@@ -440,13 +476,21 @@ def _validate(run: _Run, epoch: int, loss_sum: float, n: int, train_seconds: flo
     }
 
 
-def _save_checkpoints(run: _Run, row: dict[str, Any], improved: bool) -> None:
-    """``last.pt`` with the whole training state (and ``best.pt``, weights only, if ``improved``), atomically."""
-    trainer, epoch = run.trainer, row["epoch"]
+def _save_checkpoints(
+    run: _Run, epochs_done: int, row: dict[str, Any] | None, improved: bool = False, in_epoch: dict[str, Any] | None = None,
+) -> None:
+    """``last.pt`` with the whole training state after ``epochs_done`` finished epochs (and
+    ``best.pt``, weights only, if ``improved``), atomically; ``row``: the log row whose metrics go
+    into the metadata; ``in_epoch``: after a stop inside the next epoch, its steps done, their loss
+    sum and seconds (``train_state["in_epoch"]``; with the RNG states taken now, a rerun replays the
+    rest of that epoch exactly; covered by the checkpoint's ``state_digest`` like the rest)."""
+    trainer = run.trainer
     state = trainer.state_dict()
-    state.update(epoch=epoch, best_psnr=run.best_psnr, best_loss=run.best_loss)
-    metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_psnr", "val_ssim")}
+    state.update(epoch=epochs_done, best_psnr=run.best_psnr, best_loss=run.best_loss)
+    if in_epoch:
+        state["in_epoch"] = dict(in_epoch)
+    metrics = {k: row[k] for k in ("train_loss", "val_loss", "val_psnr", "val_ssim")} if row else None
     meta = {"train_args": run.meta, "global_step": trainer.global_step}
     if improved:
-        save_checkpoint(run.best, trainer.module, meta=meta, epoch=epoch, metrics=metrics)
-    save_checkpoint(run.last, trainer.module, meta=meta, train_state=state, epoch=epoch, metrics=metrics)
+        save_checkpoint(run.best, trainer.module, meta=meta, epoch=epochs_done, metrics=metrics)
+    save_checkpoint(run.last, trainer.module, meta=meta, train_state=state, epoch=epochs_done, metrics=metrics)

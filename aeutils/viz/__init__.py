@@ -9,8 +9,8 @@
 Running the model is not visualisation: :func:`aeutils.encoding.encode_batch` makes the
 :class:`~aeutils.encoding.EncodedBatch` these show.
 
-Shapes and scales (181 px patches at level 0 of the sample slide; stage widths from ``config.widths``,
-32, 32, 8 for the shipped model):
+Shapes and scales at each encoder tap (:data:`aeutils.model.TAPS`; 181 px patches at level 0 of the
+sample slide; stage widths from ``config.widths``, 32, 32, 8 for the shipped model):
 
     input           Nx3x181x181 RGB in [0, 1], 0.499 um/px (level 0; x downsample at other levels)
     stage1          Nx(w1)x91x91 features, 2x the input pixel size
@@ -40,12 +40,22 @@ from aeutils.viz.figures import (
     sample_slides_figure,
     write_figures,
 )
-from aeutils.viz.views import ENCODING_STRIDE, STAGE_STRIDE, VIEW_LABELS, VIEWS, describe_scale, encoding_view, encoding_views
+from aeutils.viz.views import ENCODING_STRIDE, TAP_STRIDE, VIEW_LABELS, VIEWS, describe_scale, encoding_view, encoding_views
 from aeutils.viz.widget import Explorer, explore
 
+#: the user-facing names; the plumbing imported above (CLI wiring, codecs, internals) stays importable from
+#: here for the package's own modules and tests, but is not exported
 __all__ = [
-    "ENCODING_STRIDE", "FIGURE_FILES", "GRID_FIGURE_WIDTH", "SLIDES_FIGURE_PX", "STAGE_STRIDE", "VIEWS", "VIEW_LABELS",
-    "Explorer", "PatchPanel", "add_cli_arguments", "batch_grid", "describe_scale", "encoding_grid_figure",
-    "encoding_view", "encoding_views", "error_map", "explore", "figure_png", "grid_figure", "grid_figure_size",
-    "input_grid_figure", "patch_panel", "run_cli", "sample_slides_figure", "write_figures",
+    "Explorer", "explore", "PatchPanel", "patch_panel", "encoding_view", "encoding_views", "describe_scale", "VIEWS",
+    "VIEW_LABELS", "ENCODING_STRIDE", "TAP_STRIDE", "batch_grid", "grid_figure", "input_grid_figure",
+    "encoding_grid_figure", "error_map", "sample_slides_figure", "write_figures",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``aeutils.viz.STAGE_STRIDE``: the old name of :data:`TAP_STRIDE` (``DeprecationWarning``)."""
+    if name == "STAGE_STRIDE":
+        from aeutils.viz import views
+
+        return views.__getattr__(name)
+    raise AttributeError(f"module 'aeutils.viz' has no attribute {name!r}")

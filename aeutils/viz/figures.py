@@ -303,10 +303,10 @@ def write_figures(
     output batch, and the sample slide with its patches. Deterministic for a given model and
     patch source (no timestamps or versions in the PNGs). Returns the paths written.
     """
-    from aeutils.checkpoint import as_model
+    from aeutils.checkpoint import load_model
     from aeutils.encoding import encode_batch
 
-    ae = as_model(model)
+    ae = load_model(model)
     x, mpp = load_patch_source(patches, n, 181, mpp)
     e = encode_batch(ae, x)
     figures = {

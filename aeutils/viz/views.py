@@ -24,8 +24,18 @@ VIEW_LABELS: dict[str, str] = {
 }
 #: input pixels per encoding pixel (two stride-2 convolutions)
 ENCODING_STRIDE = 4
-#: pixel stride of each encoder tap relative to the input
-STAGE_STRIDE: dict[str, int] = {"stage1": 2, "stage2": 4, "stage3": 4, "latent": 4}
+#: pixel stride of each encoder tap (:data:`aeutils.model.TAPS`) relative to the input
+TAP_STRIDE: dict[str, int] = {"stage1": 2, "stage2": 4, "stage3": 4, "latent": 4}
+
+
+def __getattr__(name: str) -> Any:
+    """``STAGE_STRIDE``: the old name of :data:`TAP_STRIDE` (``DeprecationWarning``)."""
+    if name == "STAGE_STRIDE":
+        import warnings
+
+        warnings.warn("aeutils.viz STAGE_STRIDE is deprecated: use TAP_STRIDE", DeprecationWarning, stacklevel=2)
+        return TAP_STRIDE
+    raise AttributeError(f"module 'aeutils.viz.views' has no attribute {name!r}")
 _EQ_BINS = 4096
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from aeutils.encoding import EncodedBatch, encode_batch
 from aeutils.errors import PatchError
 from aeutils.viz.figures import PatchPanel, load_patch_source, figure_png
-from aeutils.viz.views import STAGE_STRIDE, VIEW_LABELS, VIEWS, two_line_scale, describe_scale, encoding_view
+from aeutils.viz.views import TAP_STRIDE, VIEW_LABELS, VIEWS, two_line_scale, describe_scale, encoding_view
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,8 +33,9 @@ class Explorer:
                          is ``index.value == 6``, i.e. ``encoded.inputs[5]``: :attr:`position`)
         ``view``         ToggleButtons, the encoding view (:data:`VIEWS`)
         ``percentiles``  FloatRangeSlider, (low, high) percentiles of the ``stretch`` view
-        ``stage``        Dropdown over the encoder taps (latent, stage1, stage2, stage3)
-        ``channel``      IntSlider over the chosen stage's channels
+        ``tap``          Dropdown over the encoder taps (latent, stage1, stage2, stage3); ``stage``
+                         is its deprecated old name
+        ``channel``      IntSlider over the chosen tap's channels
     ``widget`` is the whole thing (a VBox) to display; ``renders`` counts redraws.
     """
 
@@ -51,7 +52,7 @@ class Explorer:
     ) -> None:
         import ipywidgets as w
 
-        from aeutils.model import STAGES
+        from aeutils.model import TAPS
 
         if isinstance(patches, EncodedBatch):  # already encoded (e.g. in a notebook): reuse, don't recompute
             self.model, self.mpp = model, mpp
@@ -59,9 +60,9 @@ class Explorer:
             if "latent" not in self.encoded.features:
                 self.encoded.features = {**self.encoded.features, "latent": self.encoded.latent}
         else:
-            from aeutils.checkpoint import as_model
+            from aeutils.checkpoint import load_model
 
-            self.model = as_model(model)
+            self.model = load_model(model)
             x, self.mpp = load_patch_source(patches, n, size, mpp)
             if x.shape[0] == 0:
                 raise PatchError("no patches to explore")
@@ -84,8 +85,8 @@ class Explorer:
             value=(2.0, 98.0), min=0.0, max=100.0, step=0.5, description="percentiles", continuous_update=False,
             readout_format=".1f", style=style, layout=wide,
         )
-        stages = [s for s in ("latent",) + tuple(s for s in STAGES if s != "latent") if s in self.encoded.features]
-        self.stage = w.Dropdown(options=stages, value="latent", description="encoder tap", style=style)
+        taps = [t for t in ("latent",) + tuple(t for t in TAPS if t != "latent") if t in self.encoded.features]
+        self.tap = w.Dropdown(options=taps, value="latent", description="encoder tap", style=style)
         self.channel = w.IntSlider(
             value=0, min=0, max=0, description="channel", continuous_update=True, style=style, layout=wide,
         )
@@ -98,7 +99,7 @@ class Explorer:
                 self.index,
                 w.HBox([w.Label("view", layout=w.Layout(width="90px")), self.view]),
                 self.percentiles,
-                w.HBox([self.stage, self.channel]),
+                w.HBox([self.tap, self.channel]),
                 self.image,
                 self.status,
             ]
@@ -106,7 +107,7 @@ class Explorer:
         self.widget.add_class("mscopy-explorer")
         for control in (self.index, self.view, self.percentiles, self.channel):
             control.observe(self._on_change, names="value")
-        self.stage.observe(self._on_stage, names="value")
+        self.tap.observe(self._on_tap, names="value")
         self._sync_enabled()
         self.redraw()
 
@@ -115,7 +116,7 @@ class Explorer:
         self._sync_enabled()
         self.redraw()
 
-    def _on_stage(self, change: dict[str, Any]) -> None:
+    def _on_tap(self, change: dict[str, Any]) -> None:
         channels = self.encoded.features[change["new"]].shape[1]
         with self.channel.hold_trait_notifications():
             self.channel.value = min(self.channel.value, channels - 1)
@@ -125,21 +126,29 @@ class Explorer:
 
     def _sync_enabled(self) -> None:
         self.percentiles.disabled = self.view.value != "stretch"
-        self.channel.disabled = self.encoded.features[self.stage.value].shape[1] == 1
+        self.channel.disabled = self.encoded.features[self.tap.value].shape[1] == 1
 
     @property
     def position(self) -> int:
         """The 0-based batch index of the patch shown (``index.value - 1``; the slider counts from 1)."""
         return self.index.value - 1
 
+    @property
+    def stage(self) -> Any:
+        """Deprecated old name of the ``tap`` Dropdown (``DeprecationWarning``)."""
+        import warnings
+
+        warnings.warn("Explorer.stage is deprecated: use Explorer.tap", DeprecationWarning, stacklevel=2)
+        return self.tap
+
     def current_map(self) -> tuple[np.ndarray, str]:
         """(the view of the selected map, hxw in [0, 1]; its title)."""
-        i, stage, c = self.position, self.stage.value, self.channel.value
-        fmap = self.encoded.features[stage][i, c]
+        i, tap, c = self.position, self.tap.value, self.channel.value
+        fmap = self.encoded.features[tap][i, c]
         low, high = self.percentiles.value
-        shape = tuple(self.encoded.features[stage].shape[1:])
-        what = "encoding" if stage == "latent" else f"{stage} channel {c}"
-        scale = describe_scale(shape, self.mpp, STAGE_STRIDE[stage])
+        shape = tuple(self.encoded.features[tap].shape[1:])
+        what = "encoding" if tap == "latent" else f"{tap} channel {c}"
+        scale = describe_scale(shape, self.mpp, TAP_STRIDE[tap])
         return encoding_view(fmap, self.view.value, low, high), f"{what}, {self.view.value}\n{two_line_scale(scale)}"
 
     def redraw(self) -> bytes:
