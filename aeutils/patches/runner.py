@@ -4,7 +4,9 @@ A task covers about :data:`BLOCK_SIDE` x :data:`BLOCK_SIDE` level pixels; within
 horizontally adjacent cells is one read (a strip one cell tall, plus the resampling filter's margin),
 so little outside the kept cells is painted and tiles shared by neighbouring strips come from the
 worker's OpenSlide tile cache. Strips of tiled TIFF slides are decoded straight from the tiles where
-:mod:`aeutils.tiffread` verified that gives OpenSlide's pixels. Workers (one OpenSlide handle per slide
+:mod:`aeutils.tiffread` verified that gives OpenSlide's pixels; resampled, a strip's patches are
+resized from one image of the strip where that is bit-identical to per-patch crops
+(:func:`aeutils.scale.resample_patches`). Workers (one OpenSlide handle per slide
 each) die with the parent, ``kill -9`` included. Never imports torch.
 """
 from __future__ import annotations
