@@ -47,9 +47,10 @@ DEFAULT_TOLERANCE = 0.1
 #: All are antialiased (PIL widens the kernel by the factor). ``bench/extract.py`` (x2 from 40x
 #: pyramids of the bundled slides, 2 cores) measured, median PSNR per patch against the true pixels and
 #: extract's CPU per patch end to end (prostate / skin): "lanczos" (3 lobes) the careful naive resample's
-#: pixels exactly, 4.7 / 5.3 ms; "bicubic" 1.5 / 0.5 dB lower, 4.2 / 4.7 ms (for pipelines that want PIL's
-#: antialiased bicubic); "area" (the mean over each output pixel's footprint, PIL ``BOX``) 1.2 / 0.15 dB
-#: lower, 3.6 / 4.4 ms.
+#: pixels exactly, 4.3 / 4.9 ms (the naive loop 10.4 / 8.9 ms); "bicubic" 1.5 / 0.5 dB lower, 4.0 / 4.4 ms
+#: (for pipelines that want PIL's antialiased bicubic); "area" (the mean over each output pixel's
+#: footprint, PIL ``BOX``) 1.2 / 0.15 dB lower, 3.5 / 3.8 ms. Of lanczos' ~4.3 ms, PIL's resize is ~1.35,
+#: the PNG encoding ~0.9 and the JPEG tile decoding (4 level-0 pixels per output pixel) ~0.8.
 #: PIL's hamming and bilinear are left out: they cost what area does and lost 0.7-5.7 dB.
 FILTERS: dict[str, tuple[str, float]] = {
     "lanczos": ("LANCZOS", 3.0),
