@@ -36,7 +36,8 @@ from aeutils.errors import PatchError, SlideError
 
 __all__ = [
     "MPP_RANGE", "DEFAULT_TOLERANCE", "FILTERS", "DEFAULT_FILTER", "ScaleChoice", "resolve_scale", "read_scaled",
-    "resample_region", "resample_patches", "source_box", "add_scale_arguments", "scale_kwargs", "check_filter", "check_assume_mpp",
+    "resample_region", "resample_patches", "source_box", "add_scale_arguments", "scale_kwargs", "check_filter",
+    "check_assume_mpp",
 ]
 
 #: plausible level-0 microns per pixel (outside: the file's tag is wrong or missing)
