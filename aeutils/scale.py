@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -36,7 +36,8 @@ from aeutils.errors import PatchError, SlideError
 
 __all__ = [
     "MPP_RANGE", "DEFAULT_TOLERANCE", "FILTERS", "DEFAULT_FILTER", "ScaleChoice", "resolve_scale", "read_scaled",
-    "resample_region", "source_box", "add_scale_arguments", "scale_kwargs", "check_filter", "check_assume_mpp",
+    "resample_region", "resample_patches", "source_box", "add_scale_arguments", "scale_kwargs", "check_filter",
+    "check_assume_mpp",
 ]
 
 #: plausible level-0 microns per pixel (outside: the file's tag is wrong or missing)
@@ -47,9 +48,10 @@ DEFAULT_TOLERANCE = 0.1
 #: All are antialiased (PIL widens the kernel by the factor). ``bench/extract.py`` (x2 from 40x
 #: pyramids of the bundled slides, 2 cores) measured, median PSNR per patch against the true pixels and
 #: extract's CPU per patch end to end (prostate / skin): "lanczos" (3 lobes) the careful naive resample's
-#: pixels exactly, 4.7 / 5.3 ms; "bicubic" 1.5 / 0.5 dB lower, 4.2 / 4.7 ms (for pipelines that want PIL's
-#: antialiased bicubic); "area" (the mean over each output pixel's footprint, PIL ``BOX``) 1.2 / 0.15 dB
-#: lower, 3.6 / 4.4 ms.
+#: pixels exactly, 4.3 / 4.9 ms (the naive loop 10.4 / 8.9 ms); "bicubic" 1.5 / 0.5 dB lower, 4.0 / 4.4 ms
+#: (for pipelines that want PIL's antialiased bicubic); "area" (the mean over each output pixel's
+#: footprint, PIL ``BOX``) 1.2 / 0.15 dB lower, 3.5 / 3.8 ms. Of lanczos' ~4.3 ms, PIL's resize is ~1.35,
+#: the PNG encoding ~0.9 and the JPEG tile decoding (4 level-0 pixels per output pixel) ~0.8.
 #: PIL's hamming and bilinear are left out: they cost what area does and lost 0.7-5.7 dB.
 FILTERS: dict[str, tuple[str, float]] = {
     "lanczos": ("LANCZOS", 3.0),
@@ -239,6 +241,45 @@ def resample_region(choice: ScaleChoice, region: np.ndarray, lx0: int, ly0: int,
     box = (x0 * f - bx0, y0 * f - by0, (x0 + w) * f - bx0, (y0 + h) * f - by0)
     flt = getattr(Image.Resampling, FILTERS[choice.filter][0])
     return np.asarray(Image.fromarray(crop, "RGB").resize((int(w), int(h)), flt, box=box))
+
+
+def _shared_image_exact(choice: ScaleChoice, region: np.ndarray) -> bool:
+    """Whether patches resampled straight from one image of the whole ``region`` (boxes in its
+    coordinates) are bit-identical to :func:`resample_region`'s (each from a crop of its own
+    :func:`source_box`).
+
+    PIL takes a box as C floats and places output pixel ``i`` at ``box0 + (i + 0.5) * scale``
+    (doubles). When the factor is a multiple of 1/256 and the region under 2**14 pixels a side, every one
+    of these numbers is exact, so a box shifted by the crop's whole-pixel offset gives the same filter
+    taps and weights; the kernel is clipped only at the slide's edge, where crop and region end alike.
+    Other factors (e.g. 0.5 / 0.2527) would differ in the last bit of a weight: those keep the crops.
+    """
+    f = choice.factor
+    return float(f * 256).is_integer() and max(region.shape[:2]) < 2**14
+
+
+def resample_patches(choice: ScaleChoice, region: np.ndarray, lx0: int, ly0: int,
+                     origins: list[tuple[int, int]], w: int, h: int) -> Iterator[np.ndarray]:
+    """Each patch ``[x0, x0+w) x [y0, y0+h)`` (output pixels, ``(x0, y0)`` in ``origins``) of ``region``
+    (level pixels, top-left level pixel ``(lx0, ly0)``), as h x w x 3 uint8: exactly what
+    :func:`resample_region` gives for each, cheaper for a strip of patches.
+
+    When the factor allows (:func:`_shared_image_exact`), ``region`` becomes one PIL image and each
+    patch is resized from it with its box (no per-patch crop, copy and conversion); otherwise, and at
+    factor 1, patch by patch with :func:`resample_region`.
+    """
+    if not choice.resampled or not _shared_image_exact(choice, region):
+        for x0, y0 in origins:
+            yield resample_region(choice, region, lx0, ly0, x0, y0, w, h)
+        return
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(region), "RGB")
+    flt = getattr(Image.Resampling, FILTERS[choice.filter][0])
+    f = choice.factor
+    for x0, y0 in origins:
+        box = (x0 * f - lx0, y0 * f - ly0, (x0 + w) * f - lx0, (y0 + h) * f - ly0)
+        yield np.asarray(im.resize((int(w), int(h)), flt, box=box))
 
 
 def read_scaled(slide: Any, choice: ScaleChoice, x0: int, y0: int, w: int, h: int) -> np.ndarray:

@@ -29,7 +29,7 @@ and the CPU time per patch of each (process + pool children: the part of the gai
 on free cores; on a busy machine the wall-clock ratio shrinks towards it), and the CPU
 (:func:`aeutils.speed.cpu_description`). :func:`run` returns the numbers as a dict.
 
-    python bench/extract.py                 # both cases, 2 interleaved repeats (~8 min on 2 busy cores)
+    python bench/extract.py                 # both cases, 2 interleaved repeats (~4-5 min on 2 busy cores)
     python bench/extract.py --smoke         # small slides, sparse grids: seconds (CI)
 
 The slides are cached under ``--out`` (default ``bench/out/``, which also holds the arms' outputs).

@@ -111,6 +111,34 @@ def test_read_scaled_region_vs_truth(tcga: Path, truth: np.ndarray, flt: str) ->
         assert psnr(coarse, truth[50:250, 100:400]) < psnr(got, truth[50:250, 100:400]) - 3
 
 
+@pytest.mark.parametrize("factor", [2.0, 1.5, 4.0, 1.25, 1.16, 1.9786])
+def test_strip_resample_equals_per_patch_crops(factor: float) -> None:
+    """resample_patches (one PIL image per strip where the factor allows) gives, bit for bit, each
+    patch resample_region gives from its own crop: every filter, dyadic and other factors, the slide's
+    edges included (where the filter's support is clipped)."""
+    from aeutils.scale import ScaleChoice, resample_patches, resample_region, source_box
+
+    lw, lh = 700, 260
+    img = np.random.default_rng(0).integers(0, 256, (lh, lw, 3), dtype=np.uint8)
+    img[:, : lw // 2] = np.asarray(Image.fromarray(img[:, : lw // 2]).resize((lw // 2, lh), Image.Resampling.BOX,
+                                                                               box=(0, 0, lw // 4, lh // 2)))
+    size = 37
+    for flt in FILTERS:
+        c = ScaleChoice(0, factor, 0.5, "slide", 1.0, (lw, lh), filter=flt)
+        w, h = c.output_dimensions
+        for oy in (0, 7, h - size):  # top edge, inside, bottom edge
+            xs = list(range(0, w - size + 1, size)) + [w - size]  # left and right edges
+            bx0, by0, _, by1 = source_box(c, xs[0], oy, size, size)
+            bx1 = source_box(c, xs[-1], oy, size, size)[2]
+            assert (bx0, bx1) == (0, lw)
+            region = img[by0:by1, bx0:bx1]
+            got = list(resample_patches(c, region, bx0, by0, [(x, oy) for x in xs], size, size))
+            assert len(got) == len(xs)
+            for x, patch in zip(xs, got):
+                np.testing.assert_array_equal(patch, resample_region(c, region, bx0, by0, x, oy, size, size),
+                                              err_msg=f"{flt} x{factor} at {(x, oy)}")
+
+
 def test_extract_at_05_from_40x_pyramid(tcga: Path, truth: np.ndarray, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     levels_read: list[int] = []

@@ -38,8 +38,7 @@ def plot_grid(
     ``max_side`` pixels for drawing. Returns the matplotlib Axes (like histolab's ``locate_tiles``).
     """
     import matplotlib.pyplot as plt
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
+    from matplotlib.collections import PolyCollection
 
     from aeutils.slides import Slide, open_slide
     from aeutils.tissue import detect_tissue
@@ -83,10 +82,14 @@ def plot_grid(
         ax.contour(gx, gy, mask.astype(np.float32), levels=[0.5], colors="#f5c400", linewidths=0.8)
     by_label: dict[Any, list[Any]] = {}
     for c in cells:
-        side = c.size * ds
-        by_label.setdefault(c.label, []).append(Rectangle((c.x * sx - 0.5, c.y * sy - 0.5), side * sx, side * sy))
-    for label, rects in by_label.items():
-        ax.add_collection(PatchCollection(rects, facecolor="none", edgecolor=LABEL_COLOURS[label], linewidth=0.6))
+        by_label.setdefault(c.label, []).append((c.x, c.y, c.size))
+    for label, xys in by_label.items():
+        # One (n, 4, 2) array of outlines (a Rectangle artist per cell costs ~0.1 ms each, most of the figure).
+        x, y, side = (np.asarray(v, np.float64) for v in zip(*xys))
+        x0, y0, x1, y1 = x * sx - 0.5, y * sy - 0.5, x * sx - 0.5 + side * ds * sx, y * sy - 0.5 + side * ds * sy
+        verts = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1),
+                          np.stack([x0, y1], 1)], 1)
+        ax.add_collection(PolyCollection(verts, facecolors="none", edgecolors=LABEL_COLOURS[label], linewidths=0.6))
     counts = ", ".join(f"{LABEL_DIRS[k]} {len(v)}" for k, v in sorted(by_label.items(), key=lambda kv: str(kv[0])))
     text = title if title is not None else f"{name}: {len(cells)} patches ({counts or 'none'})"
     if title is None and source != "auto":

@@ -4,7 +4,9 @@ A task covers about :data:`BLOCK_SIDE` x :data:`BLOCK_SIDE` level pixels; within
 horizontally adjacent cells is one read (a strip one cell tall, plus the resampling filter's margin),
 so little outside the kept cells is painted and tiles shared by neighbouring strips come from the
 worker's OpenSlide tile cache. Strips of tiled TIFF slides are decoded straight from the tiles where
-:mod:`aeutils.tiffread` verified that gives OpenSlide's pixels. Workers (one OpenSlide handle per slide
+:mod:`aeutils.tiffread` verified that gives OpenSlide's pixels; resampled, a strip's patches are
+resized from one image of the strip where that is bit-identical to per-patch crops
+(:func:`aeutils.scale.resample_patches`). Workers (one OpenSlide handle per slide
 each) die with the parent, ``kill -9`` included. Never imports torch.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ BLOCK_SIDE = 2048
 
 class Read(NamedTuple):
     """One read of a task: ``w`` x ``h`` level pixels with top-left level pixel (``x0``, ``y0``), and the
-    patches computed from it (:func:`aeutils.scale.resample_region`)."""
+    patches computed from it (:func:`aeutils.scale.resample_patches`)."""
 
     x0: int
     y0: int
@@ -129,7 +131,7 @@ def run_task(task: Task) -> TaskResult:
     try:
         import openslide
 
-        from aeutils.scale import resample_region
+        from aeutils.scale import resample_patches
 
         root = Path(task.out)
         for folder in {rel.rpartition("/")[0] for rel in task.paths()}:
@@ -142,8 +144,10 @@ def run_task(task: Task) -> TaskResult:
             except openslide.OpenSlideError as exc:
                 why = f"cannot read pixels ({one_line(exc)}); truncated or corrupt file?"
                 return TaskResult(sizes, SlideError(f"{task.slide}: {why}"))
-            for ox, oy, rel in r.patches:
-                data = encode_png(resample_region(task.scale, region, r.x0, r.y0, ox, oy, task.size, task.size))
+            pixels = resample_patches(task.scale, region, r.x0, r.y0, [(ox, oy) for ox, oy, _ in r.patches],
+                                      task.size, task.size)
+            for (ox, oy, rel), rgb in zip(r.patches, pixels):
+                data = encode_png(rgb)
                 # No fsync per patch (thousands of small files): the rename alone makes a kill -9 leave
                 # whole PNGs or none, which is what resume relies on; it does not guard a power cut.
                 atomic_write_bytes(root / rel, data, fsync=False)
