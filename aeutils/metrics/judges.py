@@ -1,7 +1,8 @@
 """Judges of super-resolved images, per image, none of them a training loss: PSNR (dB), SSIM, SSIM of the
-haematoxylin channel (``skimage.color.rgb2hed``: nuclear detail), HaarPSI (``piq``) (all higher better) and
+haematoxylin channel (``skimage.color.rgb2hed``: nuclear detail), HaarPSI (``piq``) (all higher better),
 ST-LPIPS (``stlpips-pytorch``, a shift-tolerant VGG16 calibrated on human similarity judgements of natural
-images; lower better); and paired bootstrap intervals over images (:func:`bootstrap`).
+images; lower better) and the nuclei judges of :mod:`aeutils.metrics.nuclei` (object F1, higher better;
+relative count and mean-area errors, lower better); and paired bootstrap intervals over images (:func:`bootstrap`).
 """
 from __future__ import annotations
 
@@ -12,10 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["JUDGES", "LOWER_IS_BETTER", "Judges", "bootstrap"]
+__all__ = ["JUDGES", "LOWER_IS_BETTER", "LABELS", "MIN_SIDE", "Judges", "bootstrap"]
 
-JUDGES = ("psnr", "ssim", "ssim_h", "haarpsi", "stlpips")
-LOWER_IS_BETTER = {"stlpips"}
+from aeutils.metrics.nuclei import NUCLEI_JUDGES, nuclei_scores
+
+JUDGES = ("psnr", "ssim", "ssim_h", "haarpsi", "stlpips", *NUCLEI_JUDGES)
+LOWER_IS_BETTER = {"stlpips", "nuclei_count", "nuclei_area"}
+#: the smallest image side (px) every judge accepts: ST-LPIPS's VGG16 fails below 20 px
+MIN_SIDE = 20
+#: short column names for tables
+LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "ssim_h": "SSIM H", "haarpsi": "HaarPSI", "stlpips": "ST-LPIPS",
+          "nuclei_f1": "nuclei F1", "nuclei_count": "count err", "nuclei_area": "area err"}
 
 def _stub_stlpips_imports() -> None:
     """stlpips-pytorch imports IPython and torchsummary and uses neither: stub them if absent."""
@@ -29,7 +37,8 @@ def _stub_stlpips_imports() -> None:
 
 
 class Judges:
-    """The five judges, per image: ``__call__(sr, hr)`` (Nx3xHxW in [0, 1]) -> {judge: float64 array of N}."""
+    """The judges (:data:`JUDGES`), per image: ``__call__(sr, hr)`` (Nx3xHxW in [0, 1]) -> {judge: float64
+    array of N}."""
 
     def __init__(self) -> None:
         _stub_stlpips_imports()
@@ -59,6 +68,7 @@ class Judges:
         out["haarpsi"] = piq.haarpsi(sr, hr, data_range=1.0, reduction="none").double().numpy()
         out["stlpips"] = torch.cat([self.stlpips(a, b, normalize=True).flatten()
                                     for a, b in zip(sr.split(8), hr.split(8))]).double().numpy()
+        out.update(nuclei_scores(sr, hr))
         return out
 
 

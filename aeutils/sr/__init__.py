@@ -9,7 +9,10 @@
     cli         python -m aeutils sr {train,apply}
     basicsr_plugin  the histology loss and an extract-output dataset registered for BasicSR (the [basicsr] extra)
     network     SRNet, the small residual x4 network the content-loss bench trains, and its loop (train_sr)
-    bench       the SR content-loss comparison (arms, one validation weight rule; ``bench/sr_losses.py``)
+    search      the content-loss comparison's arms, weight search and validation rule
+    curves      every trained weight judged on the test images: perception-distortion curves, matched-distortion headline
+    report      goal, tables, figures
+    bench       the SR content-loss comparison, run end to end (``bench/sr_losses.py``)
 """
 from __future__ import annotations
 
