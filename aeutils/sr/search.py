@@ -45,8 +45,10 @@ PSNR_BUDGET_DB = 0.3
 CHOICE_BUDGET_DB = PSNR_BUDGET_DB / 2
 #: how far below mse's validation PSNR the weight search follows an arm's curve before it stops
 CURVE_SPAN_DB = 1.0
-#: default optimiser steps per run
-DEFAULT_STEPS = 800
+#: default optimiser steps per run: the whole default comparison (30 runs: every arm and weight of the search,
+#: then 26 test tiles judged per trained model) took 2501 s at 600 steps on 2 shared cores of an Intel Xeon
+#: (load ~10 from other jobs; python bench/sr_losses.py)
+DEFAULT_STEPS = 600
 
 
 def point_label(arm: str, setting: str, multiple: float) -> str:
