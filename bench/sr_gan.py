@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> GanBenchResult:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/out/sr_gan", help="output folder (resumed when it holds an earlier run)")
     ap.add_argument("--size", default="cpu", choices=[s for s in SIZES if s != "tiny"],
-                    help="cpu: 6 x 32 generator, 64 px crops, 1000 + 400 steps; paper: 16 x 64, 96 px, 6000 + 3000 (a GPU)")
+                    help="cpu: 6 x 32 generator, 64 px crops, 1000 + 400 steps; paper: 16 x 64, 96 px, 4000 + 2000 (a GPU)")
     ap.add_argument("--smoke", action="store_true", help="the tiny size and 3 test tiles per slide (seconds)")
     ap.add_argument("--arms", default=",".join(GAN_ARMS), help=f"comma-separated subset of {','.join(GAN_ARMS)}")
     ap.add_argument("--pretrain-steps", type=int, default=None, help="pixel pretraining steps (once, shared)")

@@ -36,7 +36,7 @@ GAN_ARMS = ("pixel", "encoding", "random", "imagenet", "vgg16")
 SIZES: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="cpu", hr_size=64, batch_size=8, pretrain_steps=1000, gan_steps=400, val_every=100,
                 val_limit=16, patch_size=128, eval_size=128),
-    "paper": dict(preset="paper", hr_size=96, batch_size=16, pretrain_steps=6000, gan_steps=3000, val_every=500,
+    "paper": dict(preset="paper", hr_size=96, batch_size=16, pretrain_steps=4000, gan_steps=2000, val_every=500,
                   val_limit=64, patch_size=128, eval_size=128),
     "tiny": dict(preset="tiny", hr_size=32, batch_size=2, pretrain_steps=3, gan_steps=3, val_every=3,
                  val_limit=2, patch_size=64, eval_size=64),
