@@ -30,7 +30,7 @@ __all__ = ["GAN_ARMS", "SIZES", "GanBenchResult", "bundled_patches", "run_gan"]
 
 #: the arms: the pixel-loss SRResNet, then SRGAN with each content loss
 GAN_ARMS = ("pixel", "encoding", "random", "imagenet", "vgg16")
-#: run sizes: "cpu" (this machine's 2 shared cores, <= 20 min in all), "paper" (SRGAN's generator and crops,
+#: run sizes: "cpu" (2 one-thread processes: 585 s in all on an Intel Xeon with 2 cores shared with other jobs), "paper" (SRGAN's generator and crops,
 #: on a GPU), "tiny" (tests). Keys are SRConfig fields plus ``patch_size`` (extracted patches, px) and
 #: ``eval_size`` (test tiles, px).
 SIZES: dict[str, dict[str, Any]] = {
