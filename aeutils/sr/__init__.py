@@ -13,6 +13,7 @@
     curves      every trained weight judged on the test images: perception-distortion curves, matched-distortion headline
     report      goal, tables, figures
     bench       the SR content-loss comparison, run end to end (``bench/sr_losses.py``)
+    gan_bench   the GAN regime: SRGAN with each content loss vs a pixel-loss SRResNet, one shared pretraining (``bench/sr_gan.py``)
 """
 from __future__ import annotations
 

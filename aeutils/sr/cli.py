@@ -31,6 +31,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adversarial", type=float, default=d["adversarial"], help="adversarial weight (SRGAN's 1e-3)")
     p.add_argument("--encoder-checkpoint", default=None, metavar="PT", help="autoencoder for --content encoding/random")
     p.add_argument("--vgg19-weights", default=None, metavar="PTH", help="torchvision VGG19 weights file for --content vgg19")
+    p.add_argument("--init", default=None, metavar="PT", help="start the generator from this checkpoint (e.g. a run's "
+                   "pixel.pt; with --pretrain-steps 0, GAN runs share one pixel pretraining)")
     p.add_argument("--select", default=d["select"], choices=JUDGE_CHOICES, help="validation judge choosing best.pt")
     p.add_argument("--val-every", type=int, default=d["val_every"], help="validate and write last.pt every N steps")
     p.add_argument("--val-limit", type=int, default=d["val_limit"], help="validation patches (0: all)")
@@ -81,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> "SRConfig":  # noqa: F821
         hr_size=args.hr_size, batch_size=args.batch_size, pretrain_steps=args.pretrain_steps, gan_steps=args.gan_steps,
         pretrain_lr=args.pretrain_lr, lr=args.lr, pixel=args.pixel, content=args.content,
         content_weight=args.content_weight, adversarial=args.adversarial, encoder_checkpoint=args.encoder_checkpoint,
-        vgg19_weights=args.vgg19_weights, select=args.select, val_every=args.val_every, val_limit=args.val_limit,
+        vgg19_weights=args.vgg19_weights, init=args.init, select=args.select, val_every=args.val_every, val_limit=args.val_limit,
         seed=args.seed, device=args.device, threads=args.threads, max_steps=args.max_steps,
         time_budget=args.time_budget, resume=True if args.resume else "auto", channels_last=_TRI[args.channels_last],
         amp=_TRI[args.amp], progress=args.progress,

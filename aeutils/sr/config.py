@@ -42,6 +42,9 @@ class SRConfig:
         adversarial: the adversarial term's weight (SRGAN's 1e-3).
         encoder_checkpoint: the autoencoder for ``content="encoding"``/"random" (default: the shipped one).
         vgg19_weights: torchvision's VGG19 weights file for ``content="vgg19"``.
+        init: a generator checkpoint (e.g. another run's ``pixel.pt``) the generator starts from instead
+            of its random initialisation; with ``pretrain_steps=0``, several GAN runs share one pixel
+            pretraining (its generator size must be this run's).
         select: the validation judge best.pt is chosen by (:data:`JUDGE_CHOICES`; ST-LPIPS lower is
             better, the others higher); pixel.pt keeps the best-PSNR generator of the pretraining phase.
         val_every: validate (and write last.pt) every N steps, and at each phase's end and at a stop.
@@ -66,6 +69,7 @@ class SRConfig:
     adversarial: float = 1e-3
     encoder_checkpoint: str | None = None
     vgg19_weights: str | None = None
+    init: str | None = None
     select: str = "stlpips"
     val_every: int = 100
     val_limit: int | None = 32
@@ -84,7 +88,7 @@ class SRConfig:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: normalise once
         if isinstance(self.time_budget, str):
             set_("time_budget", parse_duration(self.time_budget))
-        for k in ("encoder_checkpoint", "vgg19_weights"):
+        for k in ("encoder_checkpoint", "vgg19_weights", "init"):
             if isinstance(getattr(self, k), os.PathLike):
                 set_(k, os.fspath(getattr(self, k)))
         if self.val_limit == 0:

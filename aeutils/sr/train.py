@@ -389,6 +389,8 @@ def _run(cfg: SRConfig, patches_dir: Path, out: Path, device: torch.device, rank
         if getattr(content, "speed", "") is None:  # a per-process probe could switch it mid-run: resume must not differ
             content.speed = speed.name
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
+    if ckpt is None and cfg.init:
+        _load_init(nets, cfg.init, g_cfg)
     if ckpt is not None:
         nets.load(ts, ckpt.model.state_dict())
         gen.set_state(ts["sampler"])
@@ -431,6 +433,15 @@ def _run(cfg: SRConfig, patches_dir: Path, out: Path, device: torch.device, rank
     if writer is not None:
         writer.close()
     return SRTrainResult(out, state.step, stopped, state.best, time.perf_counter() - started, state.history)
+
+
+def _load_init(nets: _Nets, path: str, g_cfg: Any) -> None:
+    """Start the generator from the checkpoint ``path`` (``SRConfig.init``); TrainingError if its size differs."""
+    init = load_generator(path, "cpu")
+    if init.config != g_cfg:
+        raise TrainingError(f"{path}: --init generator is {init.config.n_blocks} blocks x {init.config.channels} ch, "
+                            f"this run's is {g_cfg.n_blocks} x {g_cfg.channels}")
+    nets.g_module.load_state_dict(init.model.state_dict())
 
 
 def _content_weight(cfg: SRConfig, content: nn.Module | None, hr: torch.Tensor) -> float:
