@@ -370,7 +370,7 @@ def inference_choice(
     if entry.choice is not None:
         return entry.choice
     entry.work += max(0, int(expected_batches)) * math.prod(int(s) for s in example_shape)
-    probe_work = len(CANDIDATES) * (WARMUP + REPEATS) * math.prod(shape)
+    probe_work = len(CANDIDATES) * (WARMUP + REPEATS) * math.prod(shape)  # (with the screen's first calls)
     if force != "probe" and entry.work < PAYS * probe_work:
         return Choice("fp32", "not yet paid", what=what)
     names = list(CANDIDATES)
@@ -393,8 +393,10 @@ def inference_choice(
     was_training = model.training
     model.eval()
     try:
+        # a one-image probe is its own screen: the screen's calls have warmed every arm left
         rates, seconds = measure({n: arm(Choice(n), x0) for n in names}, shape[0], dev,
-                                 screen={n: arm(Choice(n), x0[:1]) for n in names})
+                                 screen={n: arm(Choice(n), x0[:1]) for n in names},
+                                 warmup=0 if shape[0] == 1 else WARMUP)
     finally:
         model.train(was_training)
     entry.choice = _announce(Choice(decide(rates), "probe", rates, seconds, what=what), verbose)
