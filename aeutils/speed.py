@@ -22,8 +22,11 @@ Two entry points:
   (5 %) of the run. On CUDA / MPS no probe: the trainer's device defaults.
 * :func:`inference_choice`: forward-only (or forward + backward to the input) paths, cached per
   process for a (model architecture, input shape, device) key; the probe runs only once the key's
-  batches (this call's plus earlier calls') reach :data:`PAYS` x the probe's own batches, so a
-  16-patch figure never probes and a whole slide does. Run under the result with :func:`forward` or
+  work (input elements of this call's batches plus earlier calls') reaches :data:`PAYS` x the probe's own,
+  so a 16-patch figure never probes and a whole slide does. A fully convolutional model can be probed
+  on a smaller ``probe_shape`` than its batches (``sr apply``: one 64 px tile), so the probe pays on
+  small slides too: the candidates' speed ratios hold across sizes (measured on the shipped SR generator,
+  Xeon with AMX: channels_last+bf16 3.3-4.1x fp32 at 64, 128 and 256 px tiles). Run under the result with :func:`forward` or
   :func:`running` + :func:`prepare`; for example, a whole-slide encoder::
 
       choice = speed.inference_choice(model, (64, 3, 181, 181), expected_batches=len(batches))
@@ -37,6 +40,7 @@ are only reported, never used to decide.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -309,7 +313,7 @@ def training_choice(
 
 @dataclass
 class _Entry:
-    batches: int = 0
+    work: int = 0  # input elements run (or announced) so far under this key
     choice: Choice | None = None
 
 
@@ -336,16 +340,20 @@ def inference_choice(
     run: Callable[[torch.Tensor, Choice], torch.Tensor] | None = None,
     force: str | None = None,
     verbose: bool = True,
+    probe_shape: Sequence[int] | None = None,
 ) -> Choice:
     """How to run ``model`` forward (eval mode) on batches of ``example_shape`` (N, C, H, W) on ``device``
     (default: the model's), for a caller about to run ``expected_batches`` such batches.
 
     ``run(x, choice)`` is the computation to time, run under ``choice`` (default
     ``forward(model, x, choice)``); ``backward=True`` times it plus a backward pass to ``x`` (a loss
-    whose input needs gradients) instead of an inference-mode forward. The answer is cached per
-    process for (architecture, shape, device, backward). Until a probe has run, each call adds
-    ``expected_batches`` to the key's count; once the count
-    reaches :data:`PAYS` x the probe's batches, the probe runs (CPU and CUDA; other devices: fp32).
+    whose input needs gradients) instead of an inference-mode forward. ``probe_shape``: time the
+    candidates on inputs of this shape instead (a fully convolutional model whose batches vary or are
+    large: a small tile is a cheaper probe with the same ranking); the key and the cost then use it.
+    The answer is cached per process for (architecture, probe shape, device, backward). Until a probe has
+    run, each call adds ``expected_batches`` x the elements of ``example_shape`` to the key's work; once
+    it reaches :data:`PAYS` x the probe's (its calls x the probe shape's elements), the probe runs (CPU
+    and CUDA; other devices: fp32).
     Before that, and on other devices, the answer is fp32 (source "not yet paid" / "device default").
     ``force``/``$MSCOPY_CPU_SPEED`` as in :func:`training_choice`. Run under it with :func:`forward`.
     """
@@ -356,20 +364,21 @@ def inference_choice(
         return Choice(force, "env", what=what)
     if dev.type not in ("cpu", "cuda"):
         return Choice("fp32", "device default", what=what)
-    key = (_model_key(model), tuple(int(s) for s in example_shape), str(dev), backward)
+    shape = tuple(int(s) for s in (example_shape if probe_shape is None else probe_shape))
+    key = (_model_key(model), shape, str(dev), backward)
     entry = _CACHE.setdefault(key, _Entry())
     if entry.choice is not None:
         return entry.choice
-    entry.batches += max(0, int(expected_batches))
-    probe_batches = len(CANDIDATES) * (WARMUP + REPEATS)
-    if force != "probe" and entry.batches < PAYS * probe_batches:
+    entry.work += max(0, int(expected_batches)) * math.prod(int(s) for s in example_shape)
+    probe_work = len(CANDIDATES) * (WARMUP + REPEATS) * math.prod(shape)  # (with the screen's first calls)
+    if force != "probe" and entry.work < PAYS * probe_work:
         return Choice("fp32", "not yet paid", what=what)
     names = list(CANDIDATES)
     if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
         names = [n for n in names if not Choice(n).amp]
     fn = run or (lambda x, c: forward(model, x, c))
     gen = torch.Generator().manual_seed(12345)
-    x0 = torch.rand(tuple(int(s) for s in example_shape), generator=gen).to(dev)
+    x0 = torch.rand(shape, generator=gen).to(dev)
 
     def arm(choice: Choice, x_in: torch.Tensor) -> Callable[[], Any]:
         def call() -> Any:
@@ -384,8 +393,10 @@ def inference_choice(
     was_training = model.training
     model.eval()
     try:
-        rates, seconds = measure({n: arm(Choice(n), x0) for n in names}, int(example_shape[0]), dev,
-                                 screen={n: arm(Choice(n), x0[:1]) for n in names})
+        # a one-image probe is its own screen: the screen's calls have warmed every arm left
+        rates, seconds = measure({n: arm(Choice(n), x0) for n in names}, shape[0], dev,
+                                 screen={n: arm(Choice(n), x0[:1]) for n in names},
+                                 warmup=0 if shape[0] == 1 else WARMUP)
     finally:
         model.train(was_training)
     entry.choice = _announce(Choice(decide(rates), "probe", rates, seconds, what=what), verbose)

@@ -150,6 +150,28 @@ def test_inference_choice_probes_once_it_pays_then_caches(monkeypatch: pytest.Mo
     assert speed.inference_choice(model, (4, 3, 21, 21)) == Choice("channels_last", "env", what="inference")
 
 
+def test_inference_choice_on_a_small_probe_shape_counts_work_in_elements(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = Autoencoder(TINY).eval()
+    seen: list[tuple[int, ...]] = []
+    real = speed.measure
+
+    def recording(arms, images, *a, **k):
+        seen.append(images)
+        return real(arms, images, *a, **k)
+
+    monkeypatch.setattr(speed, "measure", recording)
+    probe = (1, 3, 21, 21)
+    calls = len(CANDIDATES) * (speed.WARMUP + speed.REPEATS)
+    big = (1, 3, 81, 81)  # 14.9x the probe's elements: the probe pays after ceil(PAYS * calls / 14.9) such batches
+    need = -(-speed.PAYS * calls * 21 * 21 // (81 * 81))
+    first = speed.inference_choice(model, big, expected_batches=need - 1, probe_shape=probe, verbose=False)
+    assert first.source == "not yet paid" and seen == []
+    paid = speed.inference_choice(model, (1, 3, 81, 61), expected_batches=1, probe_shape=probe, verbose=False)
+    assert paid.source == "probe" and seen == [1]  # shapes differ, the probe shape (the key) is the same
+    assert speed.inference_choice(model, (2, 3, 45, 45), probe_shape=probe, verbose=False) is paid
+
+
 def test_forward_under_every_choice_is_float32_nchw_and_close() -> None:
     torch.manual_seed(0)
     model = Autoencoder(TINY).eval()

@@ -59,6 +59,42 @@ def test_tiled_equals_one_shot_across_tile_borders() -> None:
     assert sr_margin(g) % 4 == 0 and sr_margin(g) >= g.receptive_radius()
 
 
+def test_bf16_tiles_are_seamless_and_near_fp32() -> None:
+    from aeutils import speed
+
+    g = small_generator()
+    lr = torch.rand(3, 150, 141)
+    with torch.inference_mode():
+        one = g(lr[None])[0]
+        one_bf16 = speed.forward(g, lr[None], speed.Choice("channels_last+bf16"))[0]
+    tiled = super_resolve_tensor(g, lr, core=64, precision="channels_last+bf16")
+    # seamless in bf16 too (measured: equal to printing precision), bf16 noise against fp32 a few grey levels
+    assert (tiled - one_bf16).abs().max().item() < 1e-3
+    assert 0 < (tiled - one).abs().max().item() < 0.02 and (tiled - one).abs().mean().item() < 2e-3
+
+
+def test_resampled_reads_use_the_training_degradation_unless_told(tmp_path: Path, syn: Path, gen_ckpt: Path) -> None:
+    from aeutils.scale import read_scaled, resolve_scale
+    from aeutils.slidemap import read_settings
+    from aeutils.sr.degrade import SLIDE_FILTER
+
+    g = small_generator()
+    r = sr_slide(syn, tmp_path / "d", model=g, mpp=1.5, core=64, precision="fp32", progress=False)
+    assert SLIDE_FILTER == "bicubic" and read_settings(r.path)["filter"] == "bicubic"
+    told = sr_slide(syn, tmp_path / "b", model=g, mpp=1.5, resample_filter="bicubic", core=64, precision="fp32",
+                    progress=False)
+    assert told.path.read_bytes() == r.path.read_bytes()
+    with open_slide(syn) as s:  # the filters give different LR pixels here, so the choice shows in the output
+        lr = {f: read_scaled(s, resolve_scale(s, mpp=1.5, filter=f), 64, 64, 64, 64) for f in ("bicubic", "lanczos")}
+    assert not np.array_equal(lr["bicubic"], lr["lanczos"])
+    code = cli.main(["sr", "apply", str(syn), "--out", str(tmp_path / "l"), "--checkpoint", str(gen_ckpt), "--mpp", "1.5",
+                     "--resample-filter", "lanczos", "--tile", "64", "--precision", "fp32", "--no-progress"])
+    lanczos = tmp_path / "l" / "syn.sr.tiff"
+    assert code == 0 and read_settings(lanczos)["filter"] == "lanczos"
+    with open_slide(lanczos) as a, open_slide(r.path) as b:
+        assert not np.array_equal(a.read_region(256, 256, 0, (256, 256)), b.read_region(256, 256, 0, (256, 256)))
+
+
 def test_slide_tiff_is_4x_finer_white_outside_tissue_and_opens(tmp_path: Path, syn: Path) -> None:
     g = small_generator(std=0.005)  # mild detail: JPEG tiles keep it within a few grey levels
     r = sr_slide(syn, tmp_path, model=g, core=64, precision="fp32", progress=False)

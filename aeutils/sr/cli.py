@@ -54,10 +54,19 @@ def _apply_arguments(p: argparse.ArgumentParser) -> None:
     from aeutils.scale import add_scale_arguments
 
     add_scale_arguments(p)  # --level / --mpp / --assume-mpp: the input scale, as extract and encode (output 4x finer)
-    p.add_argument("--tile", type=int, default=128, help="LR tile core side, a multiple of 64 px (default 128)")
+    from aeutils.sr.degrade import SLIDE_FILTER
+
+    for action in p._actions:  # sr apply reads with the generator's training degradation unless told otherwise
+        if action.dest == "resample_filter":
+            action.help = (f"filter when --mpp resamples a level (default {SLIDE_FILTER}: the degradation the "
+                           "generator was trained on; lanczos reads sharper, which the generator over-sharpens)")
+    p.add_argument("--tile", type=int, default=128,
+                   help="LR tile core side, a multiple of 64 px (default 128: larger tiles overlap less but "
+                        "cover more glass around tissue; 128-384 took the same time on the bench slide)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--precision", choices=("auto", "fp32", "channels_last", "bf16", "channels_last+bf16"),
-                   default="auto", help="auto: measured once the slide's tiles make the probe pay (aeutils.speed); fp32: exact")
+                   default="auto", help="auto: a short probe on one 64 px tile picks the fastest once the slide's tiles "
+                        "make it pay (aeutils.speed; channels_last+bf16 on AMX CPUs); fp32: exact")
     p.add_argument("--all", dest="tissue_only", action="store_false",
                    help="super-resolve everything, not only the tissue (default: tissue; background stays white)")
     p.add_argument("--device", default=None)

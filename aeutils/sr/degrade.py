@@ -10,6 +10,11 @@ import torch.nn.functional as F
 
 #: the super-resolution factor: LR inputs are 1/SCALE of the HR side (~2 um/px from 0.5 um/px)
 SCALE = 4
+#: the :data:`aeutils.scale.FILTERS` filter whose slide reads match :func:`downscale` (PIL's antialiased
+#: bicubic: 0.1 grey levels mean, 2 max from torch's x4 on prostate tissue; Lanczos, the reading default,
+#: differs by 1.3 mean, 15 max): ``sr apply`` reads a resampled level with it, so the generator sees the
+#: degradation it was trained on
+SLIDE_FILTER = "bicubic"
 
 
 def bicubic_down(x: torch.Tensor, size: tuple[int, int], *, clamp: bool = True) -> torch.Tensor:
