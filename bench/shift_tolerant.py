@@ -6,11 +6,13 @@
 The default :class:`~aeutils.losses.EncodingLoss` scores a 1 px shift 3x worse than an x2 bicubic blur;
 SR outputs are never pixel-aligned to their target. This prints, on validation patches of both bundled
 slides, how often "nuisance (1 px shift, stain jitter) < x2 bicubic < x4 bicubic" holds for the default,
-``pool=3`` (feature blur) and ``shift=1`` (min over +-1 px shifted targets), trained and random encoders
+``pool=3`` (feature blur, ``--pool``) and ``shift=1`` (min over +-1 px shifted targets), trained and random encoders
 alike; then trains the SR network with mse, ``encoding`` (default), ``encoding`` with ``shift`` and
-``random`` with ``shift`` (the same option, for fairness) over the weight grid exactly as
+``random`` with ``shift`` (the same option, for fairness; ``--arms`` adds ``random``, ``encoding-pool``,
+``random-pool``) over the weight grid exactly as
 ``bench/sr_losses.py`` does for its encoder arms (same data sizes as ``bench/calibrate_encoding.py``, seed,
-judges, choice rule), and prints the validation rows and each arm's choice. No test region is read.
+judges, choice rule), and prints the validation rows and each arm's choice, after checking how often the
+shift option's min picks the unshifted target on x4 bicubic and mse-SR outputs. No test region is read.
 """
 from __future__ import annotations
 
@@ -22,14 +24,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _aligned(loss, val, state, spec, s: int) -> None:
+    """Print how often the shift option's min picks the unshifted target (the option then changes nothing)
+    for x4 bicubic and mse-SR outputs of the validation patches."""
+    import torch
+
+    from aeutils.sr.degrade import downscale, upscale_bicubic
+    from aeutils.sr.network import super_resolve
+    from aeutils.sr.search import sr_model
+
+    h, w = val.shape[-2:]
+    padded = torch.nn.functional.pad(val, (s, s, s, s), mode="replicate")
+    targets = [padded[..., dy:dy + h, dx:dx + w] for dy in range(2 * s + 1) for dx in range(2 * s + 1)]
+    for name, out in (("bicubic x4", upscale_bicubic(downscale(val))),
+                      ("mse SR", super_resolve(sr_model(state, spec["channels"], spec["n_blocks"]), downscale(val)))):
+        with torch.no_grad():
+            d = torch.stack([loss(out, t) for t in targets])
+        centre = len(targets) // 2
+        print(f"{name}: the unshifted target is the closest for {float((d.argmin(0) == centre).float().mean()):.0%} "
+              f"of validation images (loss unshifted {float(d[centre].mean()):.4f}, min over shifts "
+              f"{float(d.amin(0).mean()):.4f})", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300, help="SR optimiser steps per run (default 300)")
     ap.add_argument("--taps", default="stage1+stage2", help="encoder taps, '+'-joined (default stage1+stage2)")
     ap.add_argument("--shift", type=int, default=1, help="the shift option's pixels (default 1)")
+    ap.add_argument("--pool", type=int, default=3, help="the pool option's kernel side (default 3)")
     ap.add_argument("--grid", default="1,3,10", help="multiples of the matched weight, rising (default 1,3,10)")
     ap.add_argument("--arms", default="encoding,encoding-shift,random-shift",
-                    help="SR arms besides mse (default encoding,encoding-shift,random-shift; also random)")
+                    help="SR arms besides mse (default encoding,encoding-shift,random-shift; also random, encoding-pool, random-pool)")
     ap.add_argument("--no-sr", action="store_true", help="the ranking only")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, 2 steps")
     args = ap.parse_args(argv)
@@ -49,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     v = ranking_pairs(val)
     order = [("shift1", "x2"), ("stain", "x2"), ("x2", "x4"), ("shift1", "x4"), ("stain", "x4")]
     for kind in ("trained", "random"):
-        for opt in ({}, {"pool": 3}, {"shift": args.shift}):
+        for opt in ({}, {"pool": args.pool}, {"shift": args.shift}):
             loss = EncodingLoss(tap_weights=lw, reduction="none", **opt)
             loss = random_encoding_loss(loss) if kind == "random" else loss
             d = {k: loss(v[k], v["ref"]) for k in ("shift1", "stain", "x2", "x4")}
@@ -65,12 +90,15 @@ def main(argv: list[str] | None = None) -> None:
                 n_blocks=1 if args.smoke else 2, threads=1, quiet=False)
     grid = tuple(float(g) for g in args.grid.split(","))
     mse = search_arm({**spec, "arm": "mse"})
+    _aligned(EncodingLoss(tap_weights=lw, reduction="none"), val, mse["states"]["mse"], spec, args.shift)
     rows, picks = list(mse["rows"]), {}
     s = args.shift
     build = {"encoding": lambda: EncodingLoss(tap_weights=lw),
              "encoding-shift": lambda: EncodingLoss(tap_weights=lw, shift=s),
              "random": lambda: random_encoding_loss(EncodingLoss(tap_weights=lw)),
-             "random-shift": lambda: random_encoding_loss(EncodingLoss(tap_weights=lw, shift=s))}
+             "random-shift": lambda: random_encoding_loss(EncodingLoss(tap_weights=lw, shift=s)),
+             "encoding-pool": lambda: EncodingLoss(tap_weights=lw, pool=args.pool),
+             "random-pool": lambda: random_encoding_loss(EncodingLoss(tap_weights=lw, pool=args.pool))}
     for arm in args.arms.split(","):
         t1 = time.perf_counter()
         out = search_arm({**spec, "arm": arm, "mse_psnr": mse["rows"][0]["psnr"], "grid": grid, "grid_down": (0.3,)},
