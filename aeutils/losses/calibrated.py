@@ -42,6 +42,8 @@ class CalibratedEncodingLoss(EncodingLoss):
             a, b = pred_feats[name], target_feats[name]
             if self.normalize == "instance":
                 a, b = _instance_norm(a), _instance_norm(b)
+            if self.pool:
+                a, b = self._blur(a), self._blur(b)
             d = _pointwise(self.criterion, a, b)
             cw = getattr(self, f"cw_{name}", None)
             if cw is not None:

@@ -32,10 +32,11 @@ def random_encoding_loss(
     reference: EncodingLoss | None = None, *, seed: int = 0, config: AutoencoderConfig | None = None, **kwargs: Any
 ) -> EncodingLoss:
     """:class:`~aeutils.losses.EncodingLoss` through :func:`random_encoder` ``(config, seed=seed)``; with
-    ``reference``, its architecture (unless ``config`` is given), taps, criterion and normalisation are
+    ``reference``, its architecture (unless ``config`` is given), taps, criterion, normalisation, pool and shift are
     copied (``kwargs`` win)."""
     if reference is not None:
         config = config or reference.encoder.config
         kwargs = {"tap_weights": reference.tap_weights, "criterion": reference.criterion,
-                  "normalize": reference.normalize, **kwargs}
+                  "normalize": reference.normalize, "pool": reference.pool,
+                  "shift": reference.shift, **kwargs}
     return EncodingLoss(model=random_encoder(config, seed=seed), **kwargs)

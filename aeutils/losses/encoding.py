@@ -47,6 +47,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'aeutils.losses.encoding' has no attribute {name!r}")
 
 
+def _shifted_copies(x: torch.Tensor, s: int) -> torch.Tensor:
+    """The (2s+1)^2 copies of ``x`` (NxCxHxW) shifted by -s..s pixels in y and x, edges replicated,
+    concatenated offset by offset: ((2s+1)^2 N)xCxHxW, copy ``k`` of image ``i`` at row ``k * N + i``."""
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (s, s, s, s), mode="replicate")
+    return torch.cat([padded[..., dy:dy + h, dx:dx + w] for dy in range(2 * s + 1) for dx in range(2 * s + 1)])
+
+
 class EncodingLoss(_Frozen):
     """Perceptual loss through the frozen encoder of an mscopy-AE autoencoder.
 
@@ -76,6 +84,14 @@ class EncodingLoss(_Frozen):
             (what a global brightness or stain change mostly causes) costs nothing; pair it with a
             pixel term that keeps colours right. Default :data:`DEFAULT_NORMALIZE` (``"instance"``).
         reduction: ``"mean"`` (scalar) or ``"none"`` (one value per image, shape N).
+        pool: 0 (default: off) or an odd kernel side k >= 3 (tap pixels): blur each tap's (normalised)
+            features of pred and target alike with a k x k stride-1 average (edges: the mean of the
+            pixels inside) before comparing, so a misalignment of a pixel or two (what SR outputs always
+            have) costs less relative to lost detail (``bench/shift_tolerant.py`` measures it).
+        shift: 0 (default: off) or s >= 1 (input pixels): the loss of each image is the smallest over
+            the (2s+1)^2 copies of the target shifted by -s..s pixels in y and x (edges replicated), so a
+            misalignment of up to s pixels costs (almost) nothing; the target is encoded (2s+1)^2 times
+            (without gradient), pred once.
         fuse: fold BatchNorm into the preceding convolutions of the (copied) encoder: same values,
             faster. The model passed in is never modified; the loss keeps a copy of its encoder only
             (:class:`aeutils.model.Encoder`, no decoder).
@@ -120,6 +136,8 @@ class EncodingLoss(_Frozen):
         weight: float = 1.0,
         normalize: bool | str = DEFAULT_NORMALIZE,
         reduction: str = "mean",
+        pool: int = 0,
+        shift: int = 0,
         fuse: bool = True,
         speed: str | None = None,
         layer_weights: Mapping[str, float] | None = None,
@@ -158,6 +176,14 @@ class EncodingLoss(_Frozen):
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         _check_criterion(criterion)
+        if isinstance(pool, bool) or not isinstance(pool, int) or not (pool == 0 or (pool >= 3 and pool % 2)):
+            raise ValueError(f"pool must be 0 (off) or an odd int >= 3, got {pool!r}")
+        #: side of the average blur of each tap's features before comparing (0: none)
+        self.pool = pool
+        if isinstance(shift, bool) or not isinstance(shift, int) or shift < 0:
+            raise ValueError(f"shift must be an int >= 0, got {shift!r}")
+        #: the largest target shift (input pixels) the loss minimises over (0: none)
+        self.shift = shift
         modes = {False: "none", True: "channel", "none": "none", "channel": "channel", "instance": "instance"}
         if normalize not in modes:
             raise ValueError(f"normalize must be one of False, True, 'none', 'channel', 'instance', got {normalize!r}")
@@ -185,7 +211,8 @@ class EncodingLoss(_Frozen):
         source = "a given model" if self.checkpoint is None else repr(str(self.checkpoint))
         taps = {k: w for k, w in self.tap_weights.items() if w}
         return (f"checkpoint={source} (widths {'-'.join(map(str, c.widths))}, latent {c.latent_channels}), "
-                f"taps={taps}, criterion={self.criterion!r}, normalize={self.normalize!r}, weight={self.weight}")
+                f"taps={taps}, criterion={self.criterion!r}, normalize={self.normalize!r}, weight={self.weight}"
+                + (f", pool={self.pool}" if self.pool else "") + (f", shift={self.shift}" if self.shift else ""))
 
     def __repr__(self) -> str:
         """``EncodingLoss(checkpoint=..., taps=..., criterion=..., normalize=..., weight=...)``: one line, not
@@ -218,10 +245,16 @@ class EncodingLoss(_Frozen):
                 a, b = a / scale, b / scale
             elif self.normalize == "instance":
                 a, b = _instance_norm(a), _instance_norm(b)
+            if self.pool:
+                a, b = self._blur(a), self._blur(b)
             term = w * _pointwise(self.criterion, a, b).flatten(1).mean(1)
             total = term if total is None else total + term
         assert total is not None
         return total
+
+    def _blur(self, a: torch.Tensor) -> torch.Tensor:
+        """``a`` (NxCxhxw) averaged over :attr:`pool` x :attr:`pool` windows, stride 1, same shape."""
+        return torch.nn.functional.avg_pool2d(a, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False)
 
     def speed_choice(self, pred: torch.Tensor) -> "_speed.Choice":
         """How a call on a batch shaped like ``pred`` runs (:func:`aeutils.speed.inference_choice`,
@@ -233,13 +266,19 @@ class EncodingLoss(_Frozen):
         )
 
     def _per_image(self, pred: torch.Tensor, target: torch.Tensor, choice: "_speed.Choice") -> torch.Tensor:
+        target = target.detach()
+        copies = 1
+        if self.shift:
+            target = _shifted_copies(target, self.shift)
+            copies = len(target) // len(pred)
         with _speed.running(choice, pred.device):
             with torch.no_grad():
-                target_feats = self._taps(_speed.prepare(target.detach(), choice), self._stop_after)
+                target_feats = self._taps(_speed.prepare(target, choice), self._stop_after)
             pred_feats = self._taps(_speed.prepare(pred, choice), self._stop_after)
-        as_float = lambda f: {k: v.float() for k, v in f.items()}  # noqa: E731
+        as_float = lambda f, n=1: {k: v.float().repeat(n, 1, 1, 1) for k, v in f.items()}  # noqa: E731
         with torch.autocast(pred.device.type, enabled=False):  # the comparison stays float32
-            return self.compare(as_float(pred_feats), as_float(target_feats)) * self.weight
+            per_copy = self.compare(as_float(pred_feats, copies), as_float(target_feats))
+            return per_copy.view(copies, len(pred)).amin(0) * self.weight
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss (or per-image, ``reduction="none"``) between ``pred`` and ``target``."""
