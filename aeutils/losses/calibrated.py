@@ -34,24 +34,11 @@ class CalibratedEncodingLoss(EncodingLoss):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", calibrated taps={sorted(self._cw)}"
 
-    def compare(self, pred_feats: Mapping[str, torch.Tensor], target_feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        total: torch.Tensor | None = None
-        for name, w in self.tap_weights.items():
-            if not w:
-                continue
-            a, b = pred_feats[name], target_feats[name]
-            if self.normalize == "instance":
-                a, b = _instance_norm(a), _instance_norm(b)
-            if self.pool:
-                a, b = self._blur(a), self._blur(b)
-            d = _pointwise(self.criterion, a, b)
-            cw = getattr(self, f"cw_{name}", None)
-            if cw is not None:
-                d = d * cw.to(d.dtype)
-            term = w * d.flatten(1).mean(1)
-            total = term if total is None else total + term
-        assert total is not None
-        return total
+    def _weigh_channels(self, tap: str, d: torch.Tensor) -> torch.Tensor:
+        """``d`` (NxCxhxw) times the fitted weight of each channel of ``tap`` (taps without fitted weights: as
+        :class:`EncodingLoss`)."""
+        cw = getattr(self, f"cw_{tap}", None)
+        return d if cw is None else d * cw.to(d.dtype)
 
 
 def ranking_pairs(hr: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -247,10 +247,15 @@ class EncodingLoss(_Frozen):
                 a, b = _instance_norm(a), _instance_norm(b)
             if self.pool:
                 a, b = self._blur(a), self._blur(b)
-            term = w * _pointwise(self.criterion, a, b).flatten(1).mean(1)
+            term = w * self._weigh_channels(name, _pointwise(self.criterion, a, b)).flatten(1).mean(1)
             total = term if total is None else total + term
         assert total is not None
         return total
+
+    def _weigh_channels(self, tap: str, d: torch.Tensor) -> torch.Tensor:
+        """The pointwise distance ``d`` (NxCxhxw) at ``tap``, weighted per channel: as it is here (every channel
+        counts alike); :class:`aeutils.losses.calibrated.CalibratedEncodingLoss` applies its fitted weights."""
+        return d
 
     def _blur(self, a: torch.Tensor) -> torch.Tensor:
         """``a`` (NxCxhxw) averaged over :attr:`pool` x :attr:`pool` windows, stride 1, same shape."""
