@@ -9,7 +9,7 @@ torch is imported inside the functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -78,6 +78,19 @@ def auto_batch_size(config: "AutoencoderConfig", grid: TileGrid, device: str = "
     return max(1, int(ACTIVATION_BUDGET.get(device, ACTIVATION_BUDGET["cpu"]) // one))
 
 
+def same_shape_batches(jobs: Iterable[Any], batch_size: int) -> Iterator[list[Any]]:
+    """Consecutive ``jobs`` grouped into lists of at most ``batch_size`` whose ``rgb`` arrays have one shape
+    (tiles at the slide's edge are smaller: they start a batch of their own). Shared by ``encode`` and ``sr apply``."""
+    pending: list[Any] = []
+    for job in jobs:
+        if pending and (job.rgb.shape != pending[0].rgb.shape or len(pending) >= batch_size):
+            yield pending
+            pending = []
+        pending.append(job)
+    if pending:
+        yield pending
+
+
 class TileEncoder:
     """Encodes tiles (and decodes their cores with ``reconstruction``) for one model and grid.
 
@@ -110,14 +123,8 @@ class TileEncoder:
     def run(self, jobs: Iterator[TileJob]) -> Iterator[EncodedCore]:
         """(ty, tx, latent core float32 h x w, reconstruction core uint8 H x W x 3 or None) per job,
         batching consecutive jobs whose read boxes have the same shape."""
-        pending: list[TileJob] = []
-        for job in jobs:
-            if pending and (job.rgb.shape != pending[0].rgb.shape or len(pending) >= self.batch_size):
-                yield from self._flush(pending)
-                pending = []
-            pending.append(job)
-        if pending:
-            yield from self._flush(pending)
+        for batch in same_shape_batches(jobs, self.batch_size):
+            yield from self._flush(batch)
 
     def _flush(self, jobs: list[TileJob]) -> Iterator[EncodedCore]:
         """Encode one batch of same-shape tiles; each tile's core latents (and decoded core)."""

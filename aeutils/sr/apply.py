@@ -102,14 +102,10 @@ class TileSR:
 
     def run_float(self, jobs: Iterator[Any]) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(ty, tx, core 3 x 4h x 4w float32 in [0, 1]) per job (``rgb`` uint8 h x w x 3 or float 3 x h x w)."""
-        pending: list[Any] = []
-        for job in jobs:
-            if pending and (job.rgb.shape != pending[0].rgb.shape or len(pending) >= self.batch_size):
-                yield from self._flush(pending)
-                pending = []
-            pending.append(job)
-        if pending:
-            yield from self._flush(pending)
+        from aeutils.slidemap.tiles import same_shape_batches
+
+        for batch in same_shape_batches(jobs, self.batch_size):
+            yield from self._flush(batch)
 
     def run(self, jobs: Iterator[Any]) -> Iterator[tuple[int, int, np.ndarray]]:
         """(ty, tx, core 4h x 4w x 3 uint8) per job."""
