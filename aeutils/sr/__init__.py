@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aeutils.sr.degrade import SCALE, bicubic_down, bicubic_up, downscale, encoder_crop, upscale_bicubic
+from aeutils.sr.degrade import SCALE, bicubic_down, bicubic_up, downscale, upscale_bicubic
 
-__all__ = ["SCALE", "bicubic_down", "bicubic_up", "downscale", "upscale_bicubic", "encoder_crop",
+__all__ = ["SCALE", "bicubic_down", "bicubic_up", "downscale", "upscale_bicubic",
            "Generator", "GeneratorConfig", "Discriminator", "PRESETS", "SRConfig", "train_srgan", "load_generator",
            "save_generator", "load_pretrained_sr", "sr_slide", "sr_folder", "super_resolve_image"]
 

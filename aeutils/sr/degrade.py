@@ -51,9 +51,3 @@ def upscale_bicubic(lr: torch.Tensor, scale: int = SCALE, *, clamp: bool = True)
     """The baseline: bicubic upsampling, Nx3xhxw -> Nx3x(scale*h)x(scale*w), clamped to [0, 1]
     (``clamp=False``: unclamped, as :class:`SRNet` adds its residual to it)."""
     return bicubic_up(lr, scale=scale, clamp=clamp)
-
-
-def encoder_crop(x: torch.Tensor) -> torch.Tensor:
-    """Top-left crop of Nx3xHxW to the largest sides of 4k+1 pixels (what the encoder accepts)."""
-    h, w = x.shape[-2:]
-    return x[..., : h - (h - 1) % 4, : w - (w - 1) % 4]

@@ -1,31 +1,26 @@
-"""A small x4 super-resolution demo: does adding :class:`~aeutils.losses.EncodingLoss` to pixel MSE help?
+"""The content-loss bench's small x4 network and its loop: does a content loss added to pixel MSE help?
 
 :class:`SRNet` (a few residual blocks + two PixelShuffle x2 steps, on top of a bicubic upsample) is
-trained on high-resolution (HR) patches of the sample slide's training region (level 0, 0.499 um/px)
-against low-resolution (LR) inputs made by bicubic antialiased x4 downsampling (~2 um/px), with
-``loss="mse"`` or ``loss="mse+encoding"``, same seed, data order and steps; :func:`evaluate_sr` scores
-it on held-out patches with PSNR and SSIM (:mod:`aeutils.metrics`) next to plain bicubic upsampling.
+trained by :func:`train_sr` on high-resolution (HR) patches (level 0, 0.499 um/px) against low-resolution
+(LR) inputs made by bicubic antialiased x4 downsampling (~2 um/px), with ``loss="mse"`` or
+``loss="mse+content"`` (MSE + ``content_weight`` x any content loss), same seed, data order and steps
+(:mod:`aeutils.sr.search` trains every arm this way). The SRGAN generator is :mod:`aeutils.sr.arch`.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from aeutils.errors import TrainingError
-from aeutils.sr.degrade import SCALE, downscale, upscale_bicubic, encoder_crop  # noqa: F401
+from aeutils.sr.degrade import SCALE, downscale, upscale_bicubic  # noqa: F401
 
-LOSSES = ("mse", "mse+encoding")
 #: ``train_sr(loss=CONTENT, content_loss=L)``: MSE + any content loss (bench/sr_losses.py's arms)
 CONTENT = "mse+content"
-#: weight of the EncodingLoss term in "mse+encoding": with the default EncodingLoss and the shipped model,
-#: bicubic x4 outputs of the sample slide score ~0.45 against ~0.009 pixel MSE, so with 0.03 the encoding
-#: term starts at ~1.5x the pixel term (same order, neither drowns the other)
-DEFAULT_ENCODING_WEIGHT = 0.03
+LOSSES = ("mse", CONTENT)
 
 
 class _Block(nn.Module):
@@ -93,8 +88,7 @@ def train_sr(
     lr: float = 1e-3,
     channels: int = 32,
     n_blocks: int = 4,
-    encoding_loss: nn.Module | None = None,
-    encoding_weight: float = DEFAULT_ENCODING_WEIGHT,
+    content_weight: float = 1.0,
     device: str | torch.device | None = None,
     log_every: int = 10,
     content_loss: nn.Module | None = None,
@@ -102,20 +96,17 @@ def train_sr(
     """Train an :class:`SRNet` for ``steps`` Adam steps and return it (eval mode, on the CPU) with its log.
 
     Args:
-        loss: ``"mse"`` (pixel MSE) or ``"mse+encoding"`` (MSE + ``encoding_weight`` x EncodingLoss on
-            the largest 4k+1 crop of each output).
+        loss: ``"mse"`` (pixel MSE) or ``"mse+content"`` (MSE + ``content_weight`` x ``content_loss``).
         seed: fixes the initial weights and the batch order; equal seeds and steps give the two
             variants the same init and the same batches.
         patches: HR training patches Nx3xSxS in [0, 1], S a multiple of 4; default
             ``aeutils.data.sample_patches(n_patches, hr_size, split="train", seed=seed)``.
-        encoding_loss: default ``EncodingLoss()`` (the shipped model), only for "mse+encoding".
         device: default :func:`aeutils.device.pick_device`.
-        content_loss: for ``"mse+content"``: any ``L(pred, target)`` content loss (an ImageNet
-            baseline of :mod:`aeutils.losses.imagenet`, an EncodingLoss), weighted by ``encoding_weight``
-            on the whole output (no 4k+1 crop).
+        content_loss: for ``"mse+content"``: any ``L(pred, target)`` content loss (an EncodingLoss, an
+            ImageNet baseline of :mod:`aeutils.losses.imagenet`), weighted by ``content_weight``.
     """
-    if loss not in (*LOSSES, CONTENT):
-        raise ValueError(f"loss must be one of {(*LOSSES, CONTENT)}, got {loss!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     from aeutils.device import pick_device
 
     dev = pick_device(str(device) if device is not None else None, quiet=True)
@@ -130,12 +121,6 @@ def train_sr(
         if content_loss is None:
             raise ValueError('loss="mse+content" needs content_loss=')
         enc = content_loss.to(dev)
-    elif loss == "mse+encoding":
-        if encoding_loss is None:
-            from aeutils.losses import EncodingLoss
-
-            encoding_loss = EncodingLoss()
-        enc = encoding_loss.to(dev)
     torch.manual_seed(seed)
     model = SRNet(channels, n_blocks).to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -152,8 +137,8 @@ def train_sr(
         total = mse
         enc_value = torch.zeros(())
         if enc is not None:
-            enc_value = enc(pred, hr) if loss == CONTENT else enc(encoder_crop(pred), encoder_crop(hr))
-            total = mse + encoding_weight * enc_value
+            enc_value = enc(pred, hr)
+            total = mse + content_weight * enc_value
         if not torch.isfinite(total):
             raise TrainingError(f"SR training ({loss}): non-finite loss at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -171,30 +156,3 @@ def super_resolve(model: nn.Module, lr: torch.Tensor, batch_size: int = 8) -> to
     """``model`` (eval mode, CPU) applied to Nx3xhxw LR in batches -> Nx3x4hx4w in [0, 1]."""
     model.eval()
     return torch.cat([model(chunk).clamp(0, 1) for chunk in lr.split(batch_size)])
-
-
-def evaluate_sr(models: dict[str, nn.Module], hr: torch.Tensor) -> dict[str, dict[str, Any]]:
-    """Score each SR model, and bicubic upsampling, on held-out HR patches (Nx3xSxS in [0, 1], S a
-    multiple of 4; e.g. ``sample_patches(16, 180, split="val")``).
-
-    Returns ``{name: {"psnr": dB (mean), "ssim": mean, "psnr_all": Tensor N, "ssim_all": Tensor N,
-    "images": Nx3xSxS}}`` with ``"bicubic"`` first.
-    """
-    from aeutils.metrics import psnr, ssim
-
-    lr = downscale(hr.float())
-    outputs = {"bicubic": upscale_bicubic(lr), **{k: super_resolve(m, lr) for k, m in models.items()}}
-    result: dict[str, dict[str, Any]] = {}
-    for name, out in outputs.items():
-        p, s = psnr(out, hr), ssim(out, hr)
-        result[name] = {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_all": p, "ssim_all": s, "images": out}
-    return result
-
-
-def format_results(results: dict[str, dict[str, Any]]) -> str:
-    """One line per method: mean PSNR (dB) and SSIM, and the gain over bicubic."""
-    base = results["bicubic"]
-    lines = [f"{'method':<16}{'PSNR dB':>9}{'SSIM':>8}{'dPSNR':>8}{'dSSIM':>8}"]
-    for name, r in results.items():
-        lines.append(f"{name:<16}{r['psnr']:9.2f}{r['ssim']:8.4f}{r['psnr'] - base['psnr']:+8.2f}{r['ssim'] - base['ssim']:+8.4f}")
-    return "\n".join(lines)

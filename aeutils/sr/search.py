@@ -180,7 +180,7 @@ def choose_threads(patches: torch.Tensor, loss: torch.nn.Module | None, *, batch
             for n in counts:
                 torch.set_num_threads(n)
                 t0 = time.perf_counter()
-                train_sr(loss="mse" if loss is None else CONTENT, content_loss=loss, encoding_weight=1.0,
+                train_sr(loss="mse" if loss is None else CONTENT, content_loss=loss, content_weight=1.0,
                          steps=steps, patches=patches, batch_size=batch_size, device="cpu", channels=channels,
                          n_blocks=n_blocks, log_every=steps)
                 best[n] = min(best.get(n, float("inf")), (time.perf_counter() - t0) / steps)
@@ -217,7 +217,7 @@ def search_arm(spec: dict[str, Any], judges: Any = None,
 
     def fit(loss: torch.nn.Module | None, weight: float) -> tuple[torch.nn.Module, float]:
         t1 = time.perf_counter()
-        r = train_sr(loss="mse" if loss is None else CONTENT, content_loss=loss, encoding_weight=weight,
+        r = train_sr(loss="mse" if loss is None else CONTENT, content_loss=loss, content_weight=weight,
                      steps=spec["steps"], seed=spec["seed"], patches=train, batch_size=spec["batch_size"], device="cpu",
                      channels=spec["channels"], n_blocks=spec["n_blocks"], log_every=max(1, spec["steps"]))
         return r.model, time.perf_counter() - t1
