@@ -193,3 +193,35 @@ def test_bad_inputs_one_error_line(tmp_path: Path, syn: Path, gen_ckpt: Path, ca
     assert code == 2 and "no tissue found" in err
     out = tmp_path / "o"
     assert not out.exists() or not [p for p in out.iterdir() if p.suffix in (".tiff", ".tmp")]
+
+
+def test_folder_refuses_its_own_folder_as_out_and_two_images_of_one_name(tmp_path: Path) -> None:
+    """Outputs are <stem>.png: the input folder as --out, or a.jpg beside a.png, would skip images silently."""
+    from aeutils.errors import AeutilsError
+
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "a.png")
+    with pytest.raises(AeutilsError, match="is the input folder"):
+        sr_folder(src, src, model=small_generator(), core=64, precision="fp32", progress=False)
+    Image.fromarray(rgb).save(src / "a.jpg")
+    with pytest.raises(AeutilsError, match="same name as"):
+        sr_folder(src, tmp_path / "out", model=small_generator(), core=64, precision="fp32", progress=False)
+    assert sorted(p.name for p in src.iterdir()) == ["a.jpg", "a.png"] and not (tmp_path / "out").exists()
+
+
+def test_a_second_sr_apply_into_a_busy_folder_is_refused(tmp_path: Path, syn: Path) -> None:
+    """One writer per --out: two runs on one slide would share (and remove) one work folder."""
+    from test_io import hold_lock, release
+
+    from aeutils.errors import FolderBusyError
+
+    out = tmp_path / "out"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
+            sr_slide(syn, out, model=small_generator(), precision="fp32", progress=False)
+    finally:
+        release(holder)
+    assert not any(out.glob("*.sr.tiff"))

@@ -147,3 +147,18 @@ def test_shipped_generator_loads_offline_and_beats_bicubic_on_validation() -> No
         sr = g(lr)
     assert sr.shape == hr.shape and 0 <= float(sr.min()) and float(sr.max()) <= 1
     assert float(psnr(sr, hr).mean()) > float(psnr(upscale_bicubic(lr), hr).mean()) + 0.3
+
+
+def test_a_busy_run_folder_is_refused(tmp_path: Path) -> None:
+    """One writer per run folder, as the autoencoder's train: the second process gets one line naming the pid."""
+    from test_io import hold_lock, release
+
+    from aeutils.errors import FolderBusyError
+
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
+            train_srgan(tmp_path / "no-such-patches", run, **FAST)
+    finally:
+        release(holder)

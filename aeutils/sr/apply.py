@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from aeutils.errors import AeutilsError, CheckpointError, SlideError
+from aeutils.io import folder_lock
 from aeutils.sr.arch import Generator
 from aeutils.sr.degrade import SCALE, SLIDE_FILTER
 
@@ -242,7 +243,7 @@ def sr_slide(
         raise AeutilsError(f"--tile {core}: must be a positive multiple of 64 LR px")
     g = generator_for(model, device)
     out_dir = Path(out)
-    with open_slide(slide) as s, readers_closed():
+    with folder_lock(out_dir, "sr apply"), open_slide(slide) as s, readers_closed():
         choice = resolve_scale(s, level=level, mpp=mpp, assume_mpp=assume_mpp,
                                filter=SLIDE_FILTER if resample_filter is None else resample_filter)
         if choice.mpp is None:
@@ -292,10 +293,10 @@ def sr_slide(
             finally:
                 bar.close()
         seconds = time.perf_counter() - t0
-    cells = {t: (lambda t=t: store.load("r", *t)) for t in tiles}
-    write_pyramid(path, size[0], size[1], 3, SCALE * core, cells, 255, out_mpp, json.dumps(settings, sort_keys=True),
-                  "jpeg")
-    store.remove()
+        cells = {t: (lambda t=t: store.load("r", *t)) for t in tiles}
+        write_pyramid(path, size[0], size[1], 3, SCALE * core, cells, 255, out_mpp,
+                      json.dumps(settings, sort_keys=True), "jpeg")
+        store.remove()
     return SlideSR(path, out_mpp, size, len(tiles), len(todo), grid.core_megapixels(todo), seconds, speed=speed_used)
 
 
@@ -312,8 +313,15 @@ def sr_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *,
     images = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
         raise AeutilsError(f"{src}: no PNG or JPEG images in this folder")
-    g = generator_for(model, device)
     out_dir = Path(out)
+    if out_dir.exists() and out_dir.resolve() == src.resolve():
+        raise AeutilsError(f"{out_dir}: --out is the input folder (its images would count as their own outputs); use another folder")
+    stems: dict[str, Path] = {}
+    for p in images:
+        if p.stem in stems:
+            raise AeutilsError(f"{p}: same name as {stems[p.stem].name}, both would be written to {p.stem}.png; rename one")
+        stems[p.stem] = p
+    g = generator_for(model, device)
     done: list[Path] = []
     sizes = {}
     for p in images:
@@ -323,19 +331,20 @@ def sr_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str], *,
         except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
             raise AeutilsError(f"{p}: not a readable image ({type(exc).__name__}: {str(exc)[:100]})") from None
     bar = _bar(sum(w * h for w, h in sizes.values()) / 1e6, src.name, progress)
-    try:
-        for p in images:
-            target = out_dir / f"{p.stem}.png"
-            if not target.exists():
-                with Image.open(p) as im:
-                    rgb = np.asarray(im.convert("RGB"))
-                y = super_resolve_image(g, rgb, core=core, precision=precision, batch_size=batch_size)
-                with atomic_path(target) as tmp:
-                    Image.fromarray(y).save(tmp, format="PNG", compress_level=1)
-            bar.update(round(sizes[p][0] * sizes[p][1] / 1e6, 6))
-            done.append(target)
-    finally:
-        bar.close()
+    with folder_lock(out_dir, "sr apply"):  # one writer per output folder
+        try:
+            for p in images:
+                target = out_dir / f"{p.stem}.png"
+                if not target.exists():
+                    with Image.open(p) as im:
+                        rgb = np.asarray(im.convert("RGB"))
+                    y = super_resolve_image(g, rgb, core=core, precision=precision, batch_size=batch_size)
+                    with atomic_path(target) as tmp:
+                        Image.fromarray(y).save(tmp, format="PNG", compress_level=1)
+                bar.update(round(sizes[p][0] * sizes[p][1] / 1e6, 6))
+                done.append(target)
+        finally:
+            bar.close()
     return done
 
 

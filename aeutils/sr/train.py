@@ -345,6 +345,7 @@ def train_srgan(patches_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     Raises :class:`TrainingError` for no data, patches smaller than the crop, an existing different run,
     an unavailable content loss, or a NaN/inf loss (the last good ``last.pt`` is kept)."""
     from aeutils.training.distributed import rank_device, setup_process_group
+    from aeutils.training.runs import run_folder_lock
 
     started = time.perf_counter()
     cfg = (config or SRConfig()).replace(**overrides) if overrides else (config or SRConfig())
@@ -355,7 +356,8 @@ def train_srgan(patches_dir: str | os.PathLike[str], out_dir: str | os.PathLike[
     device = rank_device(cfg.device)
     rank, world, own = setup_process_group(device)
     try:
-        return _run(cfg, patches_dir, out, device, rank, world, resume, started)
+        with run_folder_lock(out, rank):  # one writer per run folder, as the autoencoder's train
+            return _run(cfg, patches_dir, out, device, rank, world, resume, started)
     finally:
         if own and dist.is_initialized():
             dist.destroy_process_group()
@@ -539,9 +541,10 @@ class _State:
             row.update({f"val_{k}": v for k, v in scores.items()})
         row["val_seconds"] = time.perf_counter() - v0
         g = self.nets.g_module
-        improved_pixel = phase == "pixel" and scores.get("psnr", -math.inf) > self.best_psnr
+        # pixel.pt: pretraining's best validation PSNR (no validation patches: its latest generator, as best.pt)
+        improved_pixel = phase == "pixel" and (self.judges is None or scores.get("psnr", -math.inf) > self.best_psnr)
         if improved_pixel:
-            self.best_psnr = scores["psnr"]
+            self.best_psnr = scores.get("psnr", self.best_psnr)
             save_generator(self.out / "pixel.pt", g, meta={**self.meta, "step": self.step, "metrics": scores, "role": "pixel"})
         # best.pt: the GAN phase's best by the judge (pretraining's by PSNR where there is no GAN phase)
         judge = _judge(cfg)
