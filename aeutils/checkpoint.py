@@ -84,12 +84,13 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _unwrap(model: torch.nn.Module) -> Autoencoder:
-    """The Autoencoder inside DDP / torch.compile wrappers."""
+def _unwrap(model: torch.nn.Module, kind: type = Autoencoder) -> Any:
+    """The ``kind`` model (default the Autoencoder; the SR generator for :mod:`aeutils.sr.checkpoint`) inside
+    DDP / torch.compile wrappers."""
     inner = getattr(model, "module", model)
     inner = getattr(inner, "_orig_mod", inner)
-    if not isinstance(inner, Autoencoder):
-        raise TypeError(f"expected an aeutils Autoencoder, got {type(inner).__name__}")
+    if not isinstance(inner, kind):
+        raise TypeError(f"expected an aeutils {kind.__name__}, got {type(inner).__name__}")
     return inner
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from aeutils.checkpoint import _plain, _state_part, _versions, data_digest, read_checkpoint, weights_digest
+from aeutils.checkpoint import _plain, _state_part, _unwrap, _versions, data_digest, read_checkpoint, weights_digest
 from aeutils.errors import CheckpointError
 from aeutils.io import atomic_path
 from aeutils.sr.arch import Generator, GeneratorConfig
@@ -36,21 +36,13 @@ class SRCheckpoint:
     path: Path | None = None
 
 
-def _unwrap(model: torch.nn.Module) -> Generator:
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
-    if not isinstance(inner, Generator):
-        raise TypeError(f"expected an aeutils.sr Generator, got {type(inner).__name__}")
-    return inner
-
-
 def save_generator(
     path: str | os.PathLike[str], model: torch.nn.Module, *, meta: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write the generator (weights + config) with ``meta`` (plain data) and an optional ``train_state``
     atomically (a crash leaves an existing file untouched). ``meta`` gets versions and the creation time."""
-    g = _unwrap(model)
+    g = _unwrap(model, Generator)
     full_meta = dict(meta or {})
     full_meta.setdefault("versions", _versions())
     full_meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
